@@ -1,0 +1,254 @@
+"""The typed configuration of a compression method.
+
+One frozen dataclass, :class:`CompressionConfig`, carries every hyperparameter of a method. It is built
+from keywords, from a flat YAML mapping (``configs/*.yaml``) or from ``key=value`` strings (command
+lines, lmms-eval ``--model_args``), and it is validated when built: a bad value raises one
+:class:`ConfigError` naming the field, the value and what is allowed. The one check that needs the
+model (prune layers within the encoder's depth) is :meth:`CompressionConfig.check_encoder_depth`,
+which the model loader calls after reading the checkpoint's ``config.json`` and before any weights load.
+
+Nothing here imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CompressionConfig", "ConfigError", "METHODS", "load_config"]
+
+#: Methods that can be named in ``method``. Each has a compressor registered in
+#: :mod:`earlytom_eval.compression.methods`; a peer method (FastV, VisionZip, HoliTom) is added there
+#: and here.
+METHODS = ("full", "earlytom")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. The message is one line: field, value, what is allowed."""
+
+
+def _field_error(name: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"invalid config field '{name}': {value!r} (allowed: {allowed})")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressionConfig:
+    """Hyperparameters of one compression method (see ``README.md`` for each field's meaning).
+
+    The defaults are the reference's VideoMME setting at 10% retention for LLaVA-OV-7B with 32 frames.
+    ``method="full"`` keeps every token and ignores the other compression fields.
+    """
+
+    method: str = "earlytom"
+    #: rho, the target fraction of visual tokens sent to the LLM, in (0, 1].
+    retention: float = 0.10
+    #: Similarity threshold of the coarse temporal segmentation, in [0, 1].
+    tau: float = 0.3
+    #: M, maximum window of a coarse segment (a segment holds at most M - 1 frames), >= 2.
+    max_window: int = 6
+    #: EMA factor of the running similarity in the coarse segmentation, in [0, 1].
+    ema: float = 0.9
+    #: 0-based encoder layers after which frames are merged (strictly increasing). Empty: no merging
+    #: inside the encoder (the post-encoder ablation; segments and attention come from the last layer).
+    prune_layers: tuple[int, ...] = (10, 21, 23)
+    #: Fraction of a dynamic frame's budget given to DPC-KNN contextual tokens, in [0, 1); 0 = off.
+    D: float = 0.0
+    #: Neighbourhood size of the DPC-KNN density, >= 1.
+    K: int = 7
+    #: Weight of a cluster centre against its members' mean in a contextual token, in [0, 1].
+    beta: float = 0.6
+    #: Frames sampled uniformly from a video (T0), >= 1.
+    num_frames: int = 32
+    name: str = ""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prune_layers", _as_layers(self.prune_layers))
+        _validate(self)
+        if not self.name:
+            object.__setattr__(self, "name", self.default_name())
+
+    # ----------------------------------------------------------------------------------------- build
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], **overrides: Any) -> CompressionConfig:
+        """Build from a flat mapping plus keyword overrides; unknown keys are an error."""
+        merged = {**dict(values), **overrides}
+        unknown = sorted(set(merged) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(
+                f"unknown config field(s) {', '.join(map(repr, unknown))} (allowed: {', '.join(cls.field_names())})"
+            )
+        return cls(**merged)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> CompressionConfig:
+        """Read a flat YAML mapping of config fields; keyword overrides win over the file."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: '{path}'")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            reason = str(err).splitlines()[0]
+            raise ConfigError(f"config file '{path}' is not valid YAML: {reason}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file '{path}' must hold a flat mapping of fields, got {type(values).__name__}")
+        if not values.get("name"):
+            values["name"] = path.stem
+        return cls.from_mapping(values, **overrides)
+
+    def replace(self, **changes: Any) -> CompressionConfig:
+        """A copy with some fields changed (validated); the name is re-derived unless given."""
+        unknown = sorted(set(changes) - set(self.field_names()))
+        if unknown:
+            raise ConfigError(
+                f"unknown config field(s) {', '.join(map(repr, unknown))} (allowed: {', '.join(self.field_names())})"
+            )
+        if "name" not in changes and self.name == self.default_name():
+            changes["name"] = ""
+        return dataclasses.replace(self, **changes)
+
+    def with_overrides(self, assignments: Mapping[str, str]) -> CompressionConfig:
+        """Apply ``field -> string`` overrides as they come from a command line (``prune_layers=8;21;23``)."""
+        return self.replace(**{key: parse_field_value(key, text) for key, text in assignments.items()})
+
+    # ------------------------------------------------------------------------------------- queries
+    @property
+    def compresses(self) -> bool:
+        return self.method != "full"
+
+    def default_name(self) -> str:
+        return "full" if self.method == "full" else f"{self.method}_r{self.retention:g}"
+
+    def check_encoder_depth(self, num_layers: int) -> None:
+        """Raise ConfigError if a prune layer does not exist in an encoder of ``num_layers`` layers."""
+        if not self.compresses:
+            return
+        bad = [layer for layer in self.prune_layers if layer >= num_layers]
+        if bad:
+            raise _field_error(
+                "prune_layers",
+                list(self.prune_layers),
+                f"0-based layer indices below the encoder's depth {num_layers}, i.e. 0..{num_layers - 1}",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["prune_layers"] = list(self.prune_layers)
+        return values
+
+    def fingerprint(self) -> str:
+        """A short hash of the fields that change the computation (not name/description)."""
+        values = self.to_dict()
+        values.pop("name")
+        values.pop("description")
+        if not self.compresses:
+            values = {"method": self.method, "num_frames": self.num_frames}
+        blob = json.dumps(values, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def load_config(
+    source: str | Path | CompressionConfig | Mapping[str, Any] | None = None, **overrides: Any
+) -> CompressionConfig:
+    """One entry point: a config object, a YAML path, a mapping, or None (defaults), plus keyword overrides."""
+    if source is None:
+        return CompressionConfig.from_mapping({}, **overrides)
+    if isinstance(source, CompressionConfig):
+        return source.replace(**overrides) if overrides else source
+    if isinstance(source, Mapping):
+        return CompressionConfig.from_mapping(source, **overrides)
+    return CompressionConfig.from_yaml(source, **overrides)
+
+
+# ------------------------------------------------------------------------------------ parsing
+_INT_FIELDS = {"max_window", "K", "num_frames"}
+_FLOAT_FIELDS = {"retention", "tau", "ema", "D", "beta"}
+
+
+def parse_field_value(name: str, text: str) -> Any:
+    """Parse a command-line string for field ``name`` (lists use ';' or ',' between items)."""
+    if name not in CompressionConfig.field_names():
+        raise ConfigError(f"unknown config field '{name}' (allowed: {', '.join(CompressionConfig.field_names())})")
+    text = str(text).strip()
+    if name == "prune_layers":
+        items = [item for item in text.replace(",", ";").strip("[]").split(";") if item.strip()]
+        try:
+            return tuple(int(item) for item in items)
+        except ValueError:
+            raise _field_error(name, text, "integers separated by ';', e.g. 8;21;23") from None
+    if name in _INT_FIELDS:
+        try:
+            return int(text)
+        except ValueError:
+            raise _field_error(name, text, "an integer") from None
+    if name in _FLOAT_FIELDS:
+        try:
+            return float(text)
+        except ValueError:
+            raise _field_error(name, text, "a number") from None
+    return text
+
+
+def _as_layers(value: Any) -> tuple[int, ...]:
+    if isinstance(value, str):
+        return parse_field_value("prune_layers", value)
+    if value is None:
+        return ()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,)
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise _field_error("prune_layers", value, "a list of 0-based encoder layer indices") from None
+    if not all(isinstance(item, int) and not isinstance(item, bool) for item in items):
+        raise _field_error("prune_layers", list(items), "a list of integers")
+    return items
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _validate(cfg: CompressionConfig) -> None:
+    if cfg.method not in METHODS:
+        raise _field_error("method", cfg.method, " | ".join(METHODS))
+    if not _is_number(cfg.retention) or not 0.0 < cfg.retention <= 1.0:
+        raise _field_error("retention", cfg.retention, "a number in (0, 1]")
+    if not _is_number(cfg.tau) or not 0.0 <= cfg.tau <= 1.0:
+        raise _field_error("tau", cfg.tau, "a number in [0, 1]")
+    if not _is_int(cfg.max_window) or cfg.max_window < 2:
+        raise _field_error("max_window", cfg.max_window, "an integer >= 2")
+    if not _is_number(cfg.ema) or not 0.0 <= cfg.ema <= 1.0:
+        raise _field_error("ema", cfg.ema, "a number in [0, 1]")
+    layers = cfg.prune_layers
+    if any(layer < 0 for layer in layers):
+        raise _field_error("prune_layers", list(layers), "0-based layer indices >= 0")
+    if any(b <= a for a, b in zip(layers, layers[1:])):
+        raise _field_error("prune_layers", list(layers), "strictly increasing layer indices, e.g. [8, 21, 23]")
+    if not _is_number(cfg.D) or not 0.0 <= cfg.D < 1.0:
+        raise _field_error("D", cfg.D, "a number in [0, 1)")
+    if not _is_int(cfg.K) or cfg.K < 1:
+        raise _field_error("K", cfg.K, "an integer >= 1")
+    if not _is_number(cfg.beta) or not 0.0 <= cfg.beta <= 1.0:
+        raise _field_error("beta", cfg.beta, "a number in [0, 1]")
+    if not _is_int(cfg.num_frames) or cfg.num_frames < 1:
+        raise _field_error("num_frames", cfg.num_frames, "an integer >= 1")
+    for text_field in ("name", "description"):
+        if not isinstance(getattr(cfg, text_field), str):
+            raise _field_error(text_field, getattr(cfg, text_field), "a string")

@@ -1,0 +1,490 @@
+"""EarlyTom on Hugging Face transformers' ``LlavaOnevisionForConditionalGeneration``.
+
+This module knows transformers, not lmms-eval. It does not fork the model file: it drives the
+model's own modules (SigLIP embeddings and encoder layers, projector, pooling, input embeddings,
+``generate``) and only changes what EarlyTom changes:
+
+1. the SigLIP encoder layers run one by one (SDPA, frames are the batch dimension); after the layers
+   the method names, the frames may be merged, so later layers run on fewer frames;
+2. the received attention is computed at one layer only, from that layer's queries and keys;
+3. after projector and pooling, the method selects the tokens; ONE ``image_newline`` token follows;
+4. the variable-length visual tokens replace the video placeholder inside the chat prompt, and the
+   model's ``generate`` runs greedily on the resulting ``inputs_embeds``.
+
+With ``method: full`` the visual tokens, the prompt embeddings and therefore the logits are exactly
+those of transformers' own forward on the same inputs (tested). Images and text-only prompts go
+through transformers' own image path, uncompressed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .compression import SpatialSelection, VideoCompressor, build_compressor
+from .compression.temporal import compose_sources
+from .config import CompressionConfig, ConfigError, load_config
+from .timing import StageTimer
+
+__all__ = ["EarlyTomLlavaOnevision", "GenerationOutput", "VideoEncoding", "load_model", "received_attention"]
+
+Segment = tuple[int, int]
+# Bytes of float32 attention probabilities materialised at once when computing the received attention.
+_ATTENTION_CHUNK_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class VideoEncoding:
+    """The visual tokens of one video and how they came to be.
+
+    Attributes:
+        tokens: ``[N, D_llm]`` tokens sent to the LLM, the ``image_newline`` token last.
+        frames_in: T0, frames that entered the encoder.
+        frames_per_layer: frames each encoder layer processed (one entry per layer that ran).
+        segments: final segments as ``(start, end)`` post-merge frame indices (None for ``full``).
+        frame_sources: for each frame leaving the encoder, the input frames merged into it.
+        selection: the spatial selection (per-frame kept token indices, roles, rho').
+    """
+
+    tokens: torch.Tensor
+    frames_in: int
+    frames_per_layer: tuple[int, ...]
+    segments: tuple[Segment, ...] | None
+    frame_sources: tuple[tuple[int, ...], ...]
+    selection: SpatialSelection
+
+    @property
+    def visual_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def rho_eff(self) -> float:
+        return self.selection.rho_eff
+
+    @property
+    def frames_out(self) -> int:
+        return len(self.selection.kept)
+
+
+@dataclass
+class GenerationOutput:
+    """One prompt's answer and token budget."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    visual_tokens: int
+    videos: list[VideoEncoding]
+    stages_ms: dict[str, float] = field(default_factory=dict)
+
+
+def received_attention(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Attention each token receives in a SigLIP encoder layer: softmax(QK^T) averaged over heads and queries.
+
+    Only this layer's queries and keys are recomputed (from ``layer_norm1`` and ``q_proj``/``k_proj``);
+    the probabilities are materialised a few frames at a time and reduced at once.
+
+    Args:
+        layer: a ``SiglipEncoderLayer``.
+        hidden: ``[T, S, D]`` the layer's input.
+    Returns:
+        ``[T, S]`` float32.
+    """
+    attn = layer.self_attn
+    num_frames, num_tokens, _ = hidden.shape
+    heads = attn.num_heads
+    x = layer.layer_norm1(hidden)
+    queries = attn.q_proj(x).view(num_frames, num_tokens, heads, -1).transpose(1, 2)
+    keys = attn.k_proj(x).view(num_frames, num_tokens, heads, -1).transpose(1, 2)
+    chunk = max(1, _ATTENTION_CHUNK_BYTES // (4 * heads * num_tokens * num_tokens))
+    out = []
+    for start in range(0, num_frames, chunk):
+        q = queries[start : start + chunk].float() * attn.scale
+        k = keys[start : start + chunk].float()
+        probs = torch.softmax(q @ k.transpose(-1, -2), dim=-1)  # [t, H, S, S]
+        out.append(probs.mean(dim=(1, 2)))
+    return torch.cat(out)
+
+
+class EarlyTomLlavaOnevision:
+    """A LLaVA-OneVision model and processor with a compression method applied to its videos.
+
+    Args:
+        model: ``LlavaOnevisionForConditionalGeneration`` (eval mode).
+        processor: its ``LlavaOnevisionProcessor``.
+        config: the compression config (validated against the encoder's depth here).
+    """
+
+    def __init__(self, model: Any, processor: Any, config: CompressionConfig):
+        self.model = model
+        self.processor = processor
+        self.config = config
+        hf_config = model.config
+        if self.config.compresses:
+            _check_supported(hf_config)
+        self.num_layers_run = _feature_layer_depth(hf_config)
+        self.config.check_encoder_depth(self.num_layers_run)
+        self.compressor: VideoCompressor = build_compressor(self.config)
+        self.video_token_id = hf_config.video_token_id
+        vision = hf_config.vision_config
+        self.grid = vision.image_size // vision.patch_size
+
+    # ------------------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.model.model.image_newline.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.model.image_newline.dtype
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    def with_config(self, config: CompressionConfig) -> EarlyTomLlavaOnevision:
+        """The same weights with another compression config (nothing is reloaded)."""
+        return EarlyTomLlavaOnevision(self.model, self.processor, config)
+
+    # ------------------------------------------------------------------------------ video path
+    def preprocess_video(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Frames ``[T, H, W, 3]`` uint8 -> pixel values ``[T, 3, size, size]`` via the processor.
+
+        A float tensor ``[T, 3, size, size]`` is taken as already preprocessed.
+        """
+        if (
+            isinstance(frames, torch.Tensor)
+            and frames.is_floating_point()
+            and frames.dim() == 4
+            and frames.shape[1] == 3
+        ):
+            return frames
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+            raise ValueError(f"a video must be frames [T, H, W, 3] with T >= 1, got shape {tuple(frames.shape)}")
+        out = self.processor.video_processor(videos=[frames], return_tensors="pt")
+        return out["pixel_values_videos"][0]
+
+    @torch.inference_mode()
+    def encode_video(self, pixel_values: torch.Tensor, timer: StageTimer | None = None) -> VideoEncoding:
+        """Run the vision encoder with the compression method, then projector, pooling and selection.
+
+        Args:
+            pixel_values: ``[T, 3, H, W]`` one video's preprocessed frames.
+            timer: optional; records ``vision_encoder``, ``compression`` and ``projector_pooling`` ms.
+        Returns:
+            The video's visual tokens ``[N, D_llm]`` (newline last) with the frame schedule.
+        """
+        timer = timer or _NULL_TIMER
+        hf = self.model.model
+        vision = getattr(hf.vision_tower, "vision_model", hf.vision_tower)  # transformers 4.x nests it
+        layers = vision.encoder.layers[: self.num_layers_run]
+        plan = self.compressor.encoder_plan(self.num_layers_run)
+        hooks = set(plan.hook_layers)
+        frames_in = int(pixel_values.shape[0])
+
+        with timer.stage("vision_encoder"):
+            hidden = vision.embeddings(pixel_values.to(self.device, self.dtype))
+        attention = None
+        segments = None
+        sources = tuple((frame,) for frame in range(frames_in))
+        frames_per_layer = []
+        # Runs of consecutive layers between the method's hooks are timed as one stage, so the device
+        # is synchronised only around the hooks.
+        cuts = {0, len(layers)} | {layer + 1 for layer in hooks}
+        if plan.attention_layer is not None:
+            cuts.add(plan.attention_layer)
+        bounds = sorted(cuts)
+        for start, stop in zip(bounds, bounds[1:]):
+            if start == plan.attention_layer:
+                with timer.stage("compression"):
+                    attention = received_attention(layers[start], hidden)
+            with timer.stage("vision_encoder"):
+                for index in range(start, stop):
+                    frames_per_layer.append(int(hidden.shape[0]))
+                    hidden = _layer_output(layers[index](hidden, None))
+            if stop - 1 in hooks:
+                with timer.stage("compression"):
+                    outcome = self.compressor.after_layer(stop - 1, hidden, attention)
+                hidden, attention = outcome.hidden, outcome.attention
+                if outcome.segments is not None:
+                    segments = outcome.segments
+                if outcome.plan is not None:
+                    sources = compose_sources(sources, outcome.plan)
+
+        with timer.stage("projector_pooling"):
+            features = hf.apply_pooling(hf.multi_modal_projector(hidden))  # [T', S, D_llm]
+            pooled_attention = self._pool_attention(attention) if attention is not None else None
+        with timer.stage("compression"):
+            selection = self.compressor.select(features, pooled_attention, segments, frames_in)
+            newline = hf.image_newline[None].to(selection.tokens.dtype)
+            tokens = torch.cat([selection.tokens, newline])
+        return VideoEncoding(tokens, frames_in, tuple(frames_per_layer), segments, sources, selection)
+
+    def _pool_attention(self, attention: torch.Tensor) -> torch.Tensor:
+        """``[T, S_v]`` -> ``[T, S]`` with the bilinear pooling the model applies to features."""
+        frames = attention.shape[0]
+        grid = attention.view(frames, 1, self.grid, self.grid)
+        size = [math.ceil(self.grid / 2)] * 2
+        return torch.nn.functional.interpolate(grid, size=size, mode="bilinear").view(frames, -1)
+
+    # ------------------------------------------------------------------------------ prompts
+    def build_prompt(self, question: str, num_videos: int = 1, num_images: int = 0) -> str:
+        """A one-turn chat prompt: placeholders for the images and videos, then the question."""
+        content = [{"type": "image"}] * num_images + [{"type": "video"}] * num_videos
+        content = content + [{"type": "text", "text": question}]
+        conversation = [{"role": "user", "content": content}]
+        return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+
+    @torch.inference_mode()
+    def prepare_inputs(
+        self,
+        prompts: Sequence[str],
+        videos: Sequence[Sequence[Any]] | None = None,
+        images: Sequence[Sequence[Any]] | None = None,
+        timer: StageTimer | None = None,
+    ) -> tuple[dict[str, Any], list[list[VideoEncoding]], list[int]]:
+        """Token embeddings of a batch of prompts with each video's compressed tokens spliced in.
+
+        Args:
+            prompts: chat-formatted strings; each ``<video>`` placeholder (one token) takes the next video
+                of that prompt, and expands to that video's own number of visual tokens.
+            videos: per prompt, a list of videos (frames ``[T, H, W, 3]`` uint8 or pixel values ``[T, 3, H, W]``).
+            images: per prompt, a list of images (PIL or arrays), handled by transformers, uncompressed.
+        Returns:
+            ``(model_inputs, encodings, prompt_lengths)``: ``model_inputs`` has ``inputs_embeds``
+            ``[B, L, D]`` (left-padded), ``attention_mask`` ``[B, L]`` and any image inputs.
+        """
+        timer = timer or _NULL_TIMER
+        batch = len(prompts)
+        videos = list(videos) if videos is not None else [[] for _ in prompts]
+        images = list(images) if images is not None else [[] for _ in prompts]
+        if len(videos) != batch or len(images) != batch:
+            raise ValueError(f"got {batch} prompts but {len(videos)} video lists and {len(images)} image lists")
+        flat_images = [image for per_prompt in images for image in per_prompt]
+        text_inputs = self._tokenize(list(prompts), flat_images)
+        image_inputs = {k: v for k, v in text_inputs.items() if k not in ("input_ids", "attention_mask")}
+        embed = self.model.get_input_embeddings()
+        rows: list[torch.Tensor] = []
+        encodings: list[list[VideoEncoding]] = []
+        for index, (ids, mask, prompt_videos) in enumerate(
+            zip(text_inputs["input_ids"], text_inputs["attention_mask"], videos)
+        ):
+            ids = ids[mask.bool()].to(self.device)
+            places = (ids == self.video_token_id).nonzero().squeeze(1).tolist()
+            if len(places) != len(prompt_videos):
+                raise ValueError(
+                    f"prompt {index} has {len(places)} video placeholder(s) "
+                    f"but {len(prompt_videos)} video(s) were given"
+                )
+            row_encodings = []
+            pieces = []
+            previous = 0
+            for place, video in zip(places, prompt_videos):
+                with timer.stage("preprocess"):
+                    pixel_values = self.preprocess_video(video)
+                encoding = self.encode_video(pixel_values, timer=timer)
+                row_encodings.append(encoding)
+                pieces.append(embed(ids[previous:place]))
+                pieces.append(encoding.tokens.to(pieces[-1].dtype))
+                previous = place + 1
+            pieces.append(embed(ids[previous:]))
+            rows.append(torch.cat(pieces))
+            encodings.append(row_encodings)
+
+        lengths = [int(row.shape[0]) for row in rows]
+        longest = max(lengths)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = embed(torch.tensor([pad_id], device=self.device))[0]
+        inputs_embeds = pad.expand(batch, longest, -1).clone()
+        attention_mask = torch.zeros(batch, longest, dtype=torch.long, device=self.device)
+        for b, row in enumerate(rows):  # left padding, as transformers' generation expects
+            inputs_embeds[b, longest - row.shape[0] :] = row
+            attention_mask[b, longest - row.shape[0] :] = 1
+        model_inputs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
+        for key, value in image_inputs.items():
+            model_inputs[key] = value.to(self.device) if isinstance(value, torch.Tensor) else value
+        if "pixel_values" in model_inputs:
+            model_inputs["pixel_values"] = model_inputs["pixel_values"].to(self.dtype)
+        return model_inputs, encodings, lengths
+
+    def _tokenize(self, prompts: list[str], images: list[Any]) -> Any:
+        """Token ids with every video placeholder left as ONE token (we expand it per video's budget).
+
+        Images are expanded by transformers' processor (its anyres token count). The processor refuses
+        video placeholders without videos, so a shallow copy with its video check switched off is used.
+        """
+        if not images:
+            return self.tokenizer(prompts, padding=True, return_tensors="pt")
+        processor = copy.copy(self.processor)
+        processor.video_token = None
+        return processor(text=prompts, images=images, padding=True, return_tensors="pt")
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        videos: Sequence[Sequence[Any]] | None = None,
+        images: Sequence[Sequence[Any]] | None = None,
+        *,
+        max_new_tokens: int = 64,
+        stop: Sequence[str] | None = None,
+    ) -> list[GenerationOutput]:
+        """Greedy generation for a batch of prompts (each video gets its own token budget).
+
+        ``stop`` strings end generation (and are cut from the returned text), like lmms-eval's ``until``.
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        timer = StageTimer(self.device)
+        model_inputs, encodings, lengths = self.prepare_inputs(prompts, videos, images, timer=timer)
+        stop = [s for s in (stop or []) if s]
+        generation_kwargs: dict[str, Any] = dict(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        if stop:
+            generation_kwargs.update(stop_strings=stop, tokenizer=self.tokenizer)
+        with timer.stage("llm_generate"):
+            sequences = self.model.generate(**model_inputs, **generation_kwargs)
+        outputs = []
+        for row, row_encodings, length in zip(sequences, encodings, lengths):
+            ids = row.tolist()
+            eos = _eos_ids(self.model.generation_config)
+            while ids and (ids[-1] == self.tokenizer.pad_token_id or ids[-1] in eos):
+                ids.pop()
+            text = _cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), stop)
+            outputs.append(
+                GenerationOutput(
+                    text=text,
+                    token_ids=ids,
+                    prompt_tokens=length,
+                    visual_tokens=sum(e.visual_tokens for e in row_encodings),
+                    videos=row_encodings,
+                    stages_ms=dict(timer.ms),
+                )
+            )
+        return outputs
+
+
+def load_model(
+    pretrained: str | Path,
+    config: CompressionConfig | str | Path | dict | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    attn_implementation: str = "sdpa",
+    device_map: str | dict | None = None,
+    **overrides: Any,
+) -> EarlyTomLlavaOnevision:
+    """Load LLaVA-OneVision (hub id or local directory) with a compression config.
+
+    The config (object, YAML path or mapping, plus keyword overrides) is validated against the
+    checkpoint's ``config.json`` before any weights load.
+
+    Example::
+
+        model = load_model("llava-hf/llava-onevision-qwen2-7b-ov-hf", config=CompressionConfig(retention=0.1))
+    """
+    from transformers import AutoConfig, AutoProcessor, LlavaOnevisionForConditionalGeneration
+
+    cfg = load_config(config, **overrides)
+    hf_config = AutoConfig.from_pretrained(str(pretrained))
+    if cfg.compresses:
+        _check_supported(hf_config)
+    cfg.check_encoder_depth(_feature_layer_depth(hf_config))
+
+    torch_dtype = _resolve_dtype(dtype)
+    kwargs: dict[str, Any] = {"attn_implementation": attn_implementation}
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(str(pretrained), **kwargs)
+    if device_map is None and device is not None:
+        model = model.to(device)
+    model.eval()
+    processor = AutoProcessor.from_pretrained(str(pretrained))
+    return EarlyTomLlavaOnevision(model, processor, cfg)
+
+
+# ---------------------------------------------------------------------------------- helpers
+class _NullTimer(StageTimer):
+    """A timer that records nothing and never synchronises."""
+
+    def stage(self, name: str):  # type: ignore[override]
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+
+_NULL_TIMER = _NullTimer()
+
+
+def _layer_output(output: Any) -> torch.Tensor:
+    """transformers 5 encoder layers return a tensor, 4.x a 1-tuple."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _feature_layer_depth(hf_config: Any) -> int:
+    """How many encoder layers run to produce the features (``vision_feature_layer`` -1 -> all of them)."""
+    depth = hf_config.vision_config.num_hidden_layers
+    layer = hf_config.vision_feature_layer
+    if not isinstance(layer, int):
+        return depth  # multi-layer features: every layer runs (only 'full' supports this)
+    return layer if layer >= 0 else depth + 1 + layer
+
+
+def _check_supported(hf_config: Any) -> None:
+    if not isinstance(hf_config.vision_feature_layer, int):
+        raise ConfigError(
+            f"compression needs a single vision_feature_layer, the checkpoint has {hf_config.vision_feature_layer!r}"
+        )
+    if hf_config.vision_feature_select_strategy != "full":
+        raise ConfigError(
+            "compression needs vision_feature_select_strategy 'full' (LLaVA-OneVision's), the checkpoint has "
+            f"{hf_config.vision_feature_select_strategy!r}"
+        )
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r} (allowed: auto, {', '.join(names)})")
+    return names[dtype]
+
+
+def _eos_ids(generation_config: Any) -> set[int]:
+    eos = getattr(generation_config, "eos_token_id", None)
+    if eos is None:
+        return set()
+    return set(eos) if isinstance(eos, (list, tuple)) else {eos}
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    for s in stop:
+        index = text.find(s)
+        if index != -1:
+            text = text[:index]
+    return text
