@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--backend", default="auto", choices=("auto", "decord", "pyav"), help="video decoder")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     gen.set_defaults(func=_cmd_generate)
+
+    # Subcommands that live with their feature: each module registers its own parser.
+    from . import bench, flops, smoke_data
+
+    for module in (smoke_data, bench, flops):
+        module.add_cli(sub)
     return parser
 
 

@@ -328,6 +328,76 @@ class EarlyTomLlavaOnevision:
         return processor(text=prompts, images=images, padding=True, return_tensors="pt")
 
     @torch.inference_mode()
+    def prefill(self, model_inputs: dict[str, Any], timer: StageTimer | None = None) -> "Prefill":
+        """Run the LLM over the prompts (one forward, cache kept) and pick each prompt's first token.
+
+        Position ids follow transformers' generation for left padding (``cumsum(mask) - 1``).
+        Timer stages: ``llm_prefill`` and ``first_token`` (greedy sampling of the first token).
+        """
+        timer = timer or _NULL_TIMER
+        mask = model_inputs["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        with timer.stage("llm_prefill"):
+            out = self.model(**model_inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
+        with timer.stage("first_token"):
+            first = out.logits[:, -1].argmax(dim=-1)
+        return Prefill(first, out.past_key_values, mask, positions[:, -1] + 1)
+
+    @torch.inference_mode()
+    def decode(self, state: "Prefill", max_new_tokens: int, stop: Sequence[str] = ()) -> list[list[int]]:
+        """Greedy decoding from a prefill: ``max_new_tokens`` tokens at most (the first one included).
+
+        A row ends at an end-of-sequence token or once its text contains a ``stop`` string; finished rows
+        are fed padding, as transformers' ``generate`` does. Returns the new token ids per row, EOS included.
+        """
+        eos = torch.tensor(sorted(_eos_ids(self.model.generation_config)), device=self.device, dtype=torch.long)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        tokens = state.first_tokens
+        finished = torch.isin(tokens, eos)
+        generated = [tokens]
+        mask, positions, cache = state.attention_mask, state.next_positions, state.cache
+        for _ in range(max_new_tokens - 1):
+            finished |= self._hit_stop(generated, stop)
+            if bool(finished.all()):
+                break
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            out = self.model(
+                input_ids=tokens[:, None],
+                attention_mask=mask,
+                position_ids=positions[:, None],
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache, positions = out.past_key_values, positions + 1
+            tokens = out.logits[:, -1].argmax(dim=-1).masked_fill(finished, pad)
+            finished |= torch.isin(tokens, eos)
+            generated.append(tokens)
+        rows = torch.stack(generated, dim=1).tolist()
+        ended = [self._trim(row, eos.tolist(), pad) for row in rows]
+        return ended
+
+    def _hit_stop(self, generated: list[torch.Tensor], stop: Sequence[str]) -> torch.Tensor:
+        hit = torch.zeros(generated[0].shape[0], dtype=torch.bool, device=generated[0].device)
+        if not stop:
+            return hit
+        rows = torch.stack(generated, dim=1).tolist()
+        for index, row in enumerate(rows):
+            text = self.tokenizer.decode(row, skip_special_tokens=True)
+            hit[index] = any(s in text for s in stop)
+        return hit
+
+    @staticmethod
+    def _trim(row: list[int], eos: list[int], pad: int) -> list[int]:
+        """Drop the padding fed to a finished row (keep its EOS token)."""
+        for index, token in enumerate(row):
+            if token in eos:
+                return row[: index + 1]
+        while row and row[-1] == pad:
+            row = row[:-1]
+        return row
+
+    @torch.inference_mode()
     def generate(
         self,
         prompts: Sequence[str],
@@ -336,36 +406,33 @@ class EarlyTomLlavaOnevision:
         *,
         max_new_tokens: int = 64,
         stop: Sequence[str] | None = None,
+        profile_stages: bool = True,
     ) -> list[GenerationOutput]:
         """Greedy generation for a batch of prompts (each video gets its own token budget).
 
         ``stop`` strings end generation (and are cut from the returned text), like lmms-eval's ``until``.
+        Timing: ``ttft`` runs from the preprocessed frames to the first token (decoding and preprocessing
+        excluded, as in the reference); with ``profile_stages`` the device is also synchronised around
+        each stage for the breakdown (``vision_encoder``, ``compression``, ``projector_pooling``,
+        ``llm_prefill``, ``first_token``, ``decode``).
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        timer = StageTimer(self.device)
-        model_inputs, encodings, lengths = self.prepare_inputs(prompts, videos, images, timer=timer)
         stop = [s for s in (stop or []) if s]
-        generation_kwargs: dict[str, Any] = dict(
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        if stop:
-            generation_kwargs.update(stop_strings=stop, tokenizer=self.tokenizer)
-        with timer.stage("llm_generate"):
-            sequences = self.model.generate(**model_inputs, **generation_kwargs)
+        timer = StageTimer(self.device)
+        stage_timer = timer if profile_stages else None
+        with timer.stage("preprocess"):
+            pixel_videos = [[self.preprocess_video(v) for v in per_prompt] for per_prompt in (videos or [])] or None
+        with timer.stage("ttft"):
+            model_inputs, encodings, lengths = self.prepare_inputs(prompts, pixel_videos, images, timer=stage_timer)
+            state = self.prefill(model_inputs, timer=stage_timer)
+        with timer.stage("decode"):
+            rows = self.decode(state, max_new_tokens, stop)
         outputs = []
-        for row, row_encodings, length in zip(sequences, encodings, lengths):
-            ids = row.tolist()
-            eos = _eos_ids(self.model.generation_config)
-            while ids and (ids[-1] == self.tokenizer.pad_token_id or ids[-1] in eos):
-                ids.pop()
-            text = _cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), stop)
+        eos = _eos_ids(self.model.generation_config)
+        for ids, row_encodings, length in zip(rows, encodings, lengths):
+            content = [t for t in ids if t not in eos]
+            text = _cut_at_stop(self.tokenizer.decode(content, skip_special_tokens=True), stop)
             outputs.append(
                 GenerationOutput(
                     text=text,
@@ -377,6 +444,23 @@ class EarlyTomLlavaOnevision:
                 )
             )
         return outputs
+
+
+@dataclass
+class Prefill:
+    """State after the LLM prefill of a batch.
+
+    Attributes:
+        first_tokens: ``[B]`` greedy first token of each prompt.
+        cache: the model's KV cache after the prompts.
+        attention_mask: ``[B, L]`` (left padding is 0).
+        next_positions: ``[B]`` position id of each row's next token.
+    """
+
+    first_tokens: torch.Tensor
+    cache: Any
+    attention_mask: torch.Tensor
+    next_positions: torch.Tensor
 
 
 def load_model(

@@ -59,13 +59,32 @@ def test_full_reproduces_transformers_logits_and_greedy_tokens(full_model):
     with torch.inference_mode():
         hf_out = model.model.generate(**hf_inputs, max_new_tokens=12, do_sample=False)
     hf_new = hf_out[0, hf_inputs["input_ids"].shape[1] :].tolist()
-    eos = model.model.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, list) else [eos])
-    while hf_new and hf_new[-1] in eos | {model.tokenizer.pad_token_id}:
-        hf_new.pop()
     result = model.generate([prompt], [[frames]], max_new_tokens=12)[0]
     assert result.token_ids == hf_new
     assert result.text == model.tokenizer.decode(hf_new, skip_special_tokens=True)
+
+
+def test_generation_ends_at_eos_and_at_stop_strings(full_model):
+    model = full_model
+    prompt = model.build_prompt("Describe it.")
+    video = [[_video(4)]]
+    free = model.generate([prompt], video, max_new_tokens=6)[0]
+    assert len(free.token_ids) == 6
+    # Stop string: generation ends once the text contains it, and the text is cut before it.
+    stop = model.tokenizer.decode(free.token_ids[2:4])
+    stopped = model.generate([prompt], video, max_new_tokens=6, stop=[stop])[0]
+    assert stopped.text == free.text[: free.text.find(stop)]
+    assert len(stopped.token_ids) == 4
+    # EOS: make the third generated token an end-of-sequence token; generation ends there, EOS kept.
+    config = model.model.generation_config
+    saved = config.eos_token_id
+    config.eos_token_id = [free.token_ids[2]]
+    try:
+        ended = model.generate([prompt], video, max_new_tokens=6)[0]
+    finally:
+        config.eos_token_id = saved
+    first_eos = free.token_ids.index(free.token_ids[2])
+    assert ended.token_ids == free.token_ids[: first_eos + 1]
 
 
 def test_full_keeps_every_frame_in_every_layer(full_model):
