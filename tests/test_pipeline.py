@@ -68,19 +68,23 @@ def test_generation_ends_at_eos_and_at_stop_strings(full_model):
     model = full_model
     prompt = model.build_prompt("Describe it.")
     video = [[_video(4)]]
-    free = model.generate([prompt], video, max_new_tokens=6)[0]
-    assert len(free.token_ids) == 6
-    # Stop string: generation ends once the text contains it, and the text is cut before it.
-    stop = model.tokenizer.decode(free.token_ids[2:4])
-    stopped = model.generate([prompt], video, max_new_tokens=6, stop=[stop])[0]
-    assert stopped.text == free.text[: free.text.find(stop)]
-    assert len(stopped.token_ids) == 4
+    free = model.generate([prompt], video, max_new_tokens=12)[0]
+    assert len(free.token_ids) == 12
+    # Stop string: generation ends with the first token whose text contains it; the text is cut before it.
+    # (Random weights also emit ids past the tokenizer's vocabulary, which decode to ''.)
+    decode = model.tokenizer.decode
+    first = next(n for n in range(1, 12) if decode(free.token_ids[:n]))
+    stop = decode(free.token_ids[:first])[-1]
+    stopped = model.generate([prompt], video, max_new_tokens=12, stop=[stop])[0]
+    assert stopped.token_ids == free.token_ids[:first]
+    text = decode(free.token_ids[:first])
+    assert stopped.text == text[: text.find(stop)]
     # EOS: make the third generated token an end-of-sequence token; generation ends there, EOS kept.
     config = model.model.generation_config
     saved = config.eos_token_id
     config.eos_token_id = [free.token_ids[2]]
     try:
-        ended = model.generate([prompt], video, max_new_tokens=6)[0]
+        ended = model.generate([prompt], video, max_new_tokens=12)[0]
     finally:
         config.eos_token_id = saved
     first_eos = free.token_ids.index(free.token_ids[2])

@@ -96,7 +96,7 @@ def test_tiny_config(tiny_tokenizer):
     vision, text = config.vision_config, config.text_config
     assert (vision.hidden_size, vision.intermediate_size, vision.num_attention_heads) == (32, 64, 2)
     assert (vision.num_hidden_layers, vision.image_size, vision.patch_size) == (26, 98, 14)
-    assert (text.hidden_size, text.intermediate_size, text.num_hidden_layers) == (64, 128, 2)
+    assert (text.hidden_size, text.intermediate_size, text.num_hidden_layers) == (64, 128, 24)
     assert (text.num_attention_heads, text.num_key_value_heads) == (4, 2)
     assert text.vocab_size >= len(tiny_tokenizer)
     assert config.image_token_id == tiny_tokenizer.image_token_id == 259
