@@ -64,6 +64,12 @@ class CompressionConfig:
     beta: float = 0.6
     #: Frames sampled uniformly from a video (T0), >= 1.
     num_frames: int = 32
+    #: Stage 3, k: LLM layer before which visual tokens merge (attention read at layer k - 1); None = off.
+    inner_layer: int | None = None
+    #: Stage 3, r: fraction of the visual tokens merged away at layer k, in [0, 1).
+    inner_ratio: float = 0.5
+    #: Stage 3 merge rule: "fold" (the reference's sequential halving) or "mean" (plain group mean).
+    inner_merge: str = "fold"
     name: str = ""
     description: str = ""
 
@@ -143,6 +149,18 @@ class CompressionConfig:
                 f"0-based layer indices below the encoder's depth {num_layers}, i.e. 0..{num_layers - 1}",
             )
 
+    @property
+    def merges_in_llm(self) -> bool:
+        """Whether stage 3 (token merging inside the LLM) runs."""
+        return self.inner_layer is not None
+
+    def check_llm_depth(self, num_layers: int) -> None:
+        """Raise ConfigError if stage 3's layer k leaves no LLM layer to run on the merged tokens."""
+        if self.inner_layer is not None and self.inner_layer > num_layers - 1:
+            raise _field_error(
+                "inner_layer", self.inner_layer, f"an LLM layer index in 1..{num_layers - 1} (the LLM has {num_layers})"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["prune_layers"] = list(self.prune_layers)
@@ -155,6 +173,8 @@ class CompressionConfig:
         values.pop("description")
         if not self.compresses:
             values = {"method": self.method, "num_frames": self.num_frames}
+            if self.merges_in_llm:
+                values.update(inner_layer=self.inner_layer, inner_ratio=self.inner_ratio, inner_merge=self.inner_merge)
         blob = json.dumps(values, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -174,7 +194,7 @@ def load_config(
 
 # ------------------------------------------------------------------------------------ parsing
 _INT_FIELDS = {"max_window", "K", "num_frames"}
-_FLOAT_FIELDS = {"retention", "tau", "ema", "D", "beta"}
+_FLOAT_FIELDS = {"retention", "tau", "ema", "D", "beta", "inner_ratio"}
 
 
 def parse_field_value(name: str, text: str) -> Any:
@@ -188,6 +208,13 @@ def parse_field_value(name: str, text: str) -> Any:
             return tuple(int(item) for item in items)
         except ValueError:
             raise _field_error(name, text, "integers separated by ';', e.g. 8;21;23") from None
+    if name == "inner_layer":
+        if text.lower() in ("", "none", "null", "off"):
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            raise _field_error(name, text, "an LLM layer index, or none") from None
     if name in _INT_FIELDS:
         try:
             return int(text)
@@ -249,6 +276,12 @@ def _validate(cfg: CompressionConfig) -> None:
         raise _field_error("beta", cfg.beta, "a number in [0, 1]")
     if not _is_int(cfg.num_frames) or cfg.num_frames < 1:
         raise _field_error("num_frames", cfg.num_frames, "an integer >= 1")
+    if cfg.inner_layer is not None and (not _is_int(cfg.inner_layer) or cfg.inner_layer < 1):
+        raise _field_error("inner_layer", cfg.inner_layer, "null (stage 3 off) or an LLM layer index >= 1")
+    if not _is_number(cfg.inner_ratio) or not 0.0 <= cfg.inner_ratio < 1.0:
+        raise _field_error("inner_ratio", cfg.inner_ratio, "a number in [0, 1)")
+    if cfg.inner_merge not in ("fold", "mean"):
+        raise _field_error("inner_merge", cfg.inner_merge, "fold | mean")
     for text_field in ("name", "description"):
         if not isinstance(getattr(cfg, text_field), str):
             raise _field_error(text_field, getattr(cfg, text_field), "a string")

@@ -19,6 +19,7 @@ through transformers' own image path, uncompressed.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,9 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import llm
 from .compression import SpatialSelection, VideoCompressor, build_compressor
 from .compression.temporal import compose_sources
 from .config import CompressionConfig, ConfigError, load_config
+from .llm import InnerMerge
 from .timing import StageTimer
 
 __all__ = ["EarlyTomLlavaOnevision", "GenerationOutput", "VideoEncoding", "load_model", "received_attention"]
@@ -51,6 +54,7 @@ class VideoEncoding:
         segments: final segments as ``(start, end)`` post-merge frame indices (None for ``full``).
         frame_sources: for each frame leaving the encoder, the input frames merged into it.
         selection: the spatial selection (per-frame kept token indices, roles, rho').
+        offset: where the tokens start in their (unpadded) prompt, once spliced in; -1 before.
     """
 
     tokens: torch.Tensor
@@ -59,6 +63,7 @@ class VideoEncoding:
     segments: tuple[Segment, ...] | None
     frame_sources: tuple[tuple[int, ...], ...]
     selection: SpatialSelection
+    offset: int = -1
 
     @property
     def visual_tokens(self) -> int:
@@ -83,6 +88,8 @@ class GenerationOutput:
     visual_tokens: int
     videos: list[VideoEncoding]
     stages_ms: dict[str, float] = field(default_factory=dict)
+    #: Tokens each LLM layer processed in the prefill (fewer from layer k on with stage 3).
+    llm_tokens_per_layer: tuple[int, ...] = ()
 
 
 def received_attention(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -131,6 +138,7 @@ class EarlyTomLlavaOnevision:
             _check_supported(hf_config)
         self.num_layers_run = _feature_layer_depth(hf_config)
         self.config.check_encoder_depth(self.num_layers_run)
+        self.config.check_llm_depth(hf_config.text_config.num_hidden_layers)
         self.compressor: VideoCompressor = build_compressor(self.config)
         self.video_token_id = hf_config.video_token_id
         vision = hf_config.vision_config
@@ -270,9 +278,9 @@ class EarlyTomLlavaOnevision:
             raise ValueError(f"got {batch} prompts but {len(videos)} video lists and {len(images)} image lists")
         flat_images = [image for per_prompt in images for image in per_prompt]
         text_inputs = self._tokenize(list(prompts), flat_images)
-        image_inputs = {k: v for k, v in text_inputs.items() if k not in ("input_ids", "attention_mask")}
         embed = self.model.get_input_embeddings()
         rows: list[torch.Tensor] = []
+        row_ids: list[torch.Tensor] = []
         encodings: list[list[VideoEncoding]] = []
         for index, (ids, mask, prompt_videos) in enumerate(
             zip(text_inputs["input_ids"], text_inputs["attention_mask"], videos)
@@ -286,34 +294,54 @@ class EarlyTomLlavaOnevision:
                 )
             row_encodings = []
             pieces = []
+            id_pieces = []
             previous = 0
+            offset = 0
             for place, video in zip(places, prompt_videos):
                 with timer.stage("preprocess"):
                     pixel_values = self.preprocess_video(video)
-                encoding = self.encode_video(pixel_values, timer=timer)
-                row_encodings.append(encoding)
                 pieces.append(embed(ids[previous:place]))
+                id_pieces.append(ids[previous:place])
+                offset += place - previous
+                encoding = dataclasses.replace(self.encode_video(pixel_values, timer=timer), offset=offset)
+                row_encodings.append(encoding)
                 pieces.append(encoding.tokens.to(pieces[-1].dtype))
+                id_pieces.append(ids.new_full((encoding.visual_tokens,), self.video_token_id))
+                offset += encoding.visual_tokens
                 previous = place + 1
             pieces.append(embed(ids[previous:]))
+            id_pieces.append(ids[previous:])
             rows.append(torch.cat(pieces))
+            row_ids.append(torch.cat(id_pieces))
             encodings.append(row_encodings)
 
         lengths = [int(row.shape[0]) for row in rows]
         longest = max(lengths)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        pad = embed(torch.tensor([pad_id], device=self.device))[0]
-        inputs_embeds = pad.expand(batch, longest, -1).clone()
+        input_ids = torch.full((batch, longest), pad_id, dtype=torch.long, device=self.device)
+        inputs_embeds = embed(input_ids)
         attention_mask = torch.zeros(batch, longest, dtype=torch.long, device=self.device)
-        for b, row in enumerate(rows):  # left padding, as transformers' generation expects
+        for b, (row, ids) in enumerate(zip(rows, row_ids)):  # left padding, as transformers' generation expects
             inputs_embeds[b, longest - row.shape[0] :] = row
+            input_ids[b, longest - row.shape[0] :] = ids
             attention_mask[b, longest - row.shape[0] :] = 1
-        model_inputs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
-        for key, value in image_inputs.items():
-            model_inputs[key] = value.to(self.device) if isinstance(value, torch.Tensor) else value
-        if "pixel_values" in model_inputs:
-            model_inputs["pixel_values"] = model_inputs["pixel_values"].to(self.dtype)
-        return model_inputs, encodings, lengths
+        if flat_images:
+            inputs_embeds = self._scatter_image_features(text_inputs, input_ids, inputs_embeds)
+        return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}, encodings, lengths
+
+    def _scatter_image_features(self, text_inputs: Any, input_ids: torch.Tensor, inputs_embeds: torch.Tensor):
+        """Put transformers' own (uncompressed, anyres) image features at the image placeholders, as its forward."""
+        hf = self.model.model
+        kwargs = {"batch_num_images": text_inputs["batch_num_images"]} if "batch_num_images" in text_inputs else {}
+        outputs = hf.get_image_features(
+            text_inputs["pixel_values"].to(self.device, self.dtype),
+            text_inputs["image_sizes"].to(self.device),
+            return_dict=True,
+            **kwargs,
+        )
+        features = torch.cat(outputs.pooler_output, dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
+        image_mask = (input_ids == self.model.config.image_token_id).unsqueeze(-1)
+        return inputs_embeds.masked_scatter(image_mask, features)
 
     def _tokenize(self, prompts: list[str], images: list[Any]) -> Any:
         """Token ids with every video placeholder left as ONE token (we expand it per video's budget).
@@ -328,54 +356,61 @@ class EarlyTomLlavaOnevision:
         return processor(text=prompts, images=images, padding=True, return_tensors="pt")
 
     @torch.inference_mode()
-    def prefill(self, model_inputs: dict[str, Any], timer: StageTimer | None = None) -> "Prefill":
-        """Run the LLM over the prompts (one forward, cache kept) and pick each prompt's first token.
+    def prefill(
+        self,
+        model_inputs: dict[str, Any],
+        timer: StageTimer | None = None,
+        encodings: Sequence[Sequence[VideoEncoding]] | None = None,
+    ) -> Prefill:
+        """Run the LLM over the prompts (cache kept) and pick each prompt's first token greedily.
 
-        Position ids follow transformers' generation for left padding (``cumsum(mask) - 1``).
-        Timer stages: ``llm_prefill`` and ``first_token`` (greedy sampling of the first token).
+        With stage 3 on (``config.inner_layer``), the video tokens are merged before layer k; that needs
+        the batch's ``encodings`` (from :meth:`prepare_inputs`) to locate them. Timer stages:
+        ``llm_prefill``, ``inner_merge`` (stage 3) and ``first_token``.
         """
         timer = timer or _NULL_TIMER
-        mask = model_inputs["attention_mask"]
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        with timer.stage("llm_prefill"):
-            out = self.model(**model_inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
+        embeds, mask = model_inputs["inputs_embeds"], model_inputs["attention_mask"]
+        inner = None
+        visual_mask = None
+        if self.config.merges_in_llm:
+            if encodings is None:
+                raise ValueError("stage 3 (inner_layer) needs the encodings returned by prepare_inputs")
+            cfg = self.config
+            inner = InnerMerge(cfg.inner_layer, cfg.inner_ratio, cfg.inner_merge)
+            visual_mask = visual_token_mask(mask, encodings)
+        state = llm.prefill(self.model, embeds, mask, visual_mask=visual_mask, inner=inner, timer=timer)
         with timer.stage("first_token"):
-            first = out.logits[:, -1].argmax(dim=-1)
-        return Prefill(first, out.past_key_values, mask, positions[:, -1] + 1)
+            first = state.logits.argmax(dim=-1)
+        return Prefill(first, state)
 
     @torch.inference_mode()
-    def decode(self, state: "Prefill", max_new_tokens: int, stop: Sequence[str] = ()) -> list[list[int]]:
+    def decode(
+        self, state: Prefill, max_new_tokens: int, stop: Sequence[str] = (), output_logits: bool = False
+    ) -> list[list[int]] | tuple[list[list[int]], list[torch.Tensor]]:
         """Greedy decoding from a prefill: ``max_new_tokens`` tokens at most (the first one included).
 
         A row ends at an end-of-sequence token or once its text contains a ``stop`` string; finished rows
-        are fed padding, as transformers' ``generate`` does. Returns the new token ids per row, EOS included.
+        are fed padding, as transformers' ``generate`` does. Returns the new token ids per row, EOS
+        included (and, with ``output_logits``, the ``[B, V]`` logits of every step, the prefill's first).
         """
         eos = torch.tensor(sorted(_eos_ids(self.model.generation_config)), device=self.device, dtype=torch.long)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         tokens = state.first_tokens
         finished = torch.isin(tokens, eos)
         generated = [tokens]
-        mask, positions, cache = state.attention_mask, state.next_positions, state.cache
+        logits = [state.llm.logits]
         for _ in range(max_new_tokens - 1):
             finished |= self._hit_stop(generated, stop)
             if bool(finished.all()):
                 break
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            out = self.model(
-                input_ids=tokens[:, None],
-                attention_mask=mask,
-                position_ids=positions[:, None],
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            cache, positions = out.past_key_values, positions + 1
-            tokens = out.logits[:, -1].argmax(dim=-1).masked_fill(finished, pad)
+            step_logits = llm.decode_step(self.model, state.llm, tokens)
+            tokens = step_logits.argmax(dim=-1).masked_fill(finished, pad)
             finished |= torch.isin(tokens, eos)
             generated.append(tokens)
+            logits.append(step_logits)
         rows = torch.stack(generated, dim=1).tolist()
         ended = [self._trim(row, eos.tolist(), pad) for row in rows]
-        return ended
+        return (ended, logits) if output_logits else ended
 
     def _hit_stop(self, generated: list[torch.Tensor], stop: Sequence[str]) -> torch.Tensor:
         hit = torch.zeros(generated[0].shape[0], dtype=torch.bool, device=generated[0].device)
@@ -425,12 +460,12 @@ class EarlyTomLlavaOnevision:
             pixel_videos = [[self.preprocess_video(v) for v in per_prompt] for per_prompt in (videos or [])] or None
         with timer.stage("ttft"):
             model_inputs, encodings, lengths = self.prepare_inputs(prompts, pixel_videos, images, timer=stage_timer)
-            state = self.prefill(model_inputs, timer=stage_timer)
+            state = self.prefill(model_inputs, timer=stage_timer, encodings=encodings)
         with timer.stage("decode"):
             rows = self.decode(state, max_new_tokens, stop)
         outputs = []
         eos = _eos_ids(self.model.generation_config)
-        for ids, row_encodings, length in zip(rows, encodings, lengths):
+        for ids, row_encodings, length, per_layer in zip(rows, encodings, lengths, state.llm.tokens_per_layer):
             content = [t for t in ids if t not in eos]
             text = _cut_at_stop(self.tokenizer.decode(content, skip_special_tokens=True), stop)
             outputs.append(
@@ -441,6 +476,7 @@ class EarlyTomLlavaOnevision:
                     visual_tokens=sum(e.visual_tokens for e in row_encodings),
                     videos=row_encodings,
                     stages_ms=dict(timer.ms),
+                    llm_tokens_per_layer=per_layer,
                 )
             )
         return outputs
@@ -452,15 +488,25 @@ class Prefill:
 
     Attributes:
         first_tokens: ``[B]`` greedy first token of each prompt.
-        cache: the model's KV cache after the prompts.
-        attention_mask: ``[B, L]`` (left padding is 0).
-        next_positions: ``[B]`` position id of each row's next token.
+        llm: the LLM state (KV cache, per-layer-group masks, positions, stage-3 decisions, tokens per layer).
     """
 
     first_tokens: torch.Tensor
-    cache: Any
-    attention_mask: torch.Tensor
-    next_positions: torch.Tensor
+    llm: llm.LlmState
+
+
+def visual_token_mask(attention_mask: torch.Tensor, encodings: Sequence[Sequence[VideoEncoding]]) -> torch.Tensor:
+    """``[B, L]`` bool: the positions of the video tokens (newline included) in a left-padded batch."""
+    mask = torch.zeros_like(attention_mask, dtype=torch.bool)
+    length = attention_mask.shape[1]
+    for b, (row, row_encodings) in enumerate(zip(attention_mask, encodings)):
+        pad = length - int(row.sum())
+        for encoding in row_encodings:
+            if encoding.offset < 0:
+                raise ValueError("video encodings must come from prepare_inputs (their offset is unknown)")
+            start = pad + encoding.offset
+            mask[b, start : start + encoding.visual_tokens] = True
+    return mask
 
 
 def load_model(
@@ -489,6 +535,7 @@ def load_model(
     if cfg.compresses:
         _check_supported(hf_config)
     cfg.check_encoder_depth(_feature_layer_depth(hf_config))
+    cfg.check_llm_depth(hf_config.text_config.num_hidden_layers)
 
     torch_dtype = _resolve_dtype(dtype)
     kwargs: dict[str, Any] = {"attn_implementation": attn_implementation}

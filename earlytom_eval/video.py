@@ -125,9 +125,7 @@ def load_video(path, num_frames: int, backend: str = "auto") -> VideoFrames:
     num_frames; ImportError when a forced backend is not installed.
     """
     if backend not in BACKENDS:
-        raise ValueError(
-            f"unknown video backend {backend!r}; allowed: {', '.join(BACKENDS)}"
-        )
+        raise ValueError(f"unknown video backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     num_frames = _as_int(num_frames, "num_frames")
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
@@ -155,9 +153,7 @@ def load_video(path, num_frames: int, backend: str = "auto") -> VideoFrames:
     try:
         return _load_decord(path_str, num_frames)
     except Exception:
-        logger.debug(
-            "decord failed on %r, falling back to PyAV", path_str, exc_info=True
-        )
+        logger.debug("decord failed on %r, falling back to PyAV", path_str, exc_info=True)
     return _load_pyav(path_str, num_frames)
 
 
@@ -184,9 +180,7 @@ def _probe_container(path: str) -> None:
     except VideoLoadError:
         raise
     except Exception as exc:
-        raise VideoLoadError(
-            path, f"not a decodable video ({_short_reason(exc)})"
-        ) from exc
+        raise VideoLoadError(path, f"not a decodable video ({_short_reason(exc)})") from exc
 
 
 def _load_decord(path: str, num_frames: int) -> VideoFrames:
@@ -199,9 +193,7 @@ def _load_decord(path: str, num_frames: int) -> VideoFrames:
         # AVI); report that case as such rather than as a decoder error.
         if _has_empty_video_stream(path):
             raise VideoLoadError(path, "video has no frames") from exc
-        raise VideoLoadError(
-            path, f"not a decodable video ({_short_reason(exc)})"
-        ) from exc
+        raise VideoLoadError(path, f"not a decodable video ({_short_reason(exc)})") from exc
     try:
         total = len(reader)
         if total < 1:
@@ -211,9 +203,7 @@ def _load_decord(path: str, num_frames: int) -> VideoFrames:
             fps = float(reader.get_avg_fps())
             frames = reader.get_batch(indices).asnumpy()
         except Exception as exc:
-            raise VideoLoadError(
-                path, f"not a decodable video ({_short_reason(exc)})"
-            ) from exc
+            raise VideoLoadError(path, f"not a decodable video ({_short_reason(exc)})") from exc
     finally:
         del reader
     frames = _as_rgb_uint8(frames, path)
@@ -263,14 +253,10 @@ def _load_pyav(path: str, num_frames: int) -> VideoFrames:
     except VideoLoadError:
         raise
     except Exception as exc:
-        raise VideoLoadError(
-            path, f"not a decodable video ({_short_reason(exc)})"
-        ) from exc
+        raise VideoLoadError(path, f"not a decodable video ({_short_reason(exc)})") from exc
 
 
-def _decode_indices(
-    container, stream, indices: list[int]
-) -> tuple[dict[int, np.ndarray], int]:
+def _decode_indices(container, stream, indices: list[int]) -> tuple[dict[int, np.ndarray], int]:
     """Decode the stream once, keeping only the wanted frames.
 
     Returns ({index: rgb frame}, number of frames decoded).  Only the requested
@@ -314,9 +300,7 @@ def _count_frames(path: str) -> int:
 
 def _assemble(picked, indices, total, fps, path) -> VideoFrames:
     frames = np.stack([picked[i] for i in indices], axis=0)
-    return VideoFrames(
-        _as_rgb_uint8(frames, path), list(indices), int(total), fps, "pyav", path
-    )
+    return VideoFrames(_as_rgb_uint8(frames, path), list(indices), int(total), fps, "pyav", path)
 
 
 def _stream_fps(stream) -> float:
@@ -335,9 +319,7 @@ def _clean_fps(fps: float) -> float:
 def _as_rgb_uint8(frames, path: str) -> np.ndarray:
     frames = np.ascontiguousarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise VideoLoadError(
-            path, f"not a decodable video (unexpected frame array shape {frames.shape})"
-        )
+        raise VideoLoadError(path, f"not a decodable video (unexpected frame array shape {frames.shape})")
     if frames.dtype != np.uint8:
         frames = frames.astype(np.uint8)
     return frames
@@ -389,13 +371,9 @@ def synthetic_frames(shots, size=(96, 128), seed=0) -> np.ndarray:
         try:
             kind, n = entry
         except (TypeError, ValueError):
-            raise ValueError(
-                f"each shot must be (kind, n_frames), got {entry!r}"
-            ) from None
+            raise ValueError(f"each shot must be (kind, n_frames), got {entry!r}") from None
         if kind not in SHOT_KINDS:
-            raise ValueError(
-                f"unknown shot kind {kind!r}; allowed: {', '.join(SHOT_KINDS)}"
-            )
+            raise ValueError(f"unknown shot kind {kind!r}; allowed: {', '.join(SHOT_KINDS)}")
         n = _as_int(n, "n_frames")
         if n < 1:
             raise ValueError(f"n_frames must be >= 1, got {n}")
@@ -461,9 +439,7 @@ def write_video(path, frames: np.ndarray, fps: float = 8.0) -> pathlib.Path:
         raise ValueError(f"frames must be uint8, got {frames.dtype}")
     _, height, width, _ = frames.shape
     if height % 2 or width % 2:
-        raise ValueError(
-            f"frame height and width must be even for yuv420p, got {height}x{width}"
-        )
+        raise ValueError(f"frame height and width must be even for yuv420p, got {height}x{width}")
     if not fps or fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
 
@@ -484,9 +460,7 @@ def write_video(path, frames: np.ndarray, fps: float = 8.0) -> pathlib.Path:
         if codec == "mpeg4":
             stream.codec_context.bit_rate = 20_000_000
         for i, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(
-                np.ascontiguousarray(image), format="rgb24"
-            )
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             frame.pts = i
             frame.time_base = Fraction(1) / rate
             for packet in stream.encode(frame):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from earlytom_eval import CompressionConfig, ConfigError, load_model
+from earlytom_eval import CompressionConfig, ConfigError, llm, load_model
 from earlytom_eval.cli import main as cli_main
 from earlytom_eval.presets import write_checkpoint
 from earlytom_eval.video import load_video, synthetic_frames, write_video
@@ -55,6 +55,10 @@ def test_full_reproduces_transformers_logits_and_greedy_tokens(full_model):
     assert encodings[0][0].visual_tokens == 8 * POOLED + 1
     assert lengths[0] == hf_inputs["input_ids"].shape[1]
     assert torch.equal(our_logits, hf_logits)
+    # The layer-by-layer LLM runner used for generation gives the same logits as transformers' forward.
+    with torch.inference_mode():
+        state = llm.prefill(model.model, ours["inputs_embeds"], ours["attention_mask"], all_logits=True)
+    assert torch.equal(state.logits, hf_logits)
 
     with torch.inference_mode():
         hf_out = model.model.generate(**hf_inputs, max_new_tokens=12, do_sample=False)

@@ -128,9 +128,7 @@ def test_round_trip_all_frames(clip, backend):
     for t in range(len(frames)):
         assert _mean_abs(out.frames[t], frames[t]) < 4.0, t
 
-    diffs = [
-        _mean_abs(out.frames[t + 1], out.frames[t]) for t in range(len(frames) - 1)
-    ]
+    diffs = [_mean_abs(out.frames[t + 1], out.frames[t]) for t in range(len(frames) - 1)]
     assert diffs[5] > 30 and diffs[15] > 30  # cuts survive coding
     assert max(diffs[t] for t in [0, 1, 2, 3, 4, 16, 17, 18, 19, 20, 21, 22]) < 1.0
 
@@ -212,9 +210,7 @@ def test_empty_file(tmp_path, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_garbage_file(tmp_path, backend):
     path = tmp_path / "garbage.mp4"
-    path.write_bytes(
-        np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
-    )
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     with pytest.raises(VideoLoadError) as err:
         load_video(path, 4, backend=backend)
     _assert_one_line(err, path, "not a decodable video")
@@ -267,10 +263,7 @@ def test_bad_num_frames(clip, num):
 def test_video_load_error_is_value_error(tmp_path):
     err = VideoLoadError(tmp_path / "x.mp4", "something\nwent wrong")
     assert isinstance(err, ValueError)
-    assert (
-        str(err)
-        == f"cannot read video {str(tmp_path / 'x.mp4')!r}: something went wrong"
-    )
+    assert str(err) == f"cannot read video {str(tmp_path / 'x.mp4')!r}: something went wrong"
 
 
 # --------------------------------------------------------------------------- #
@@ -326,9 +319,7 @@ def test_module_import_does_not_import_decoders():
         "spec.loader.exec_module(m); "
         "print('decord' in sys.modules, 'av' in sys.modules)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
 
