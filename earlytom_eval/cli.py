@@ -69,6 +69,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         "visual_tokens": encoding.visual_tokens,
         "visual_tokens_full": encoding.frames_in * pooled * pooled + 1,
         "prompt_tokens": result.prompt_tokens,
+        "llm_tokens_per_layer": list(result.llm_tokens_per_layer),
         "generated_tokens": len(result.token_ids),
         "stages_ms": {k: round(v, 2) for k, v in result.stages_ms.items()},
     }
@@ -86,6 +87,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if report["segments"] is not None:
         print(f"final segments: {report['segments']}")
     print(f"prompt tokens: {report['prompt_tokens']}, generated tokens: {report['generated_tokens']}")
+    if cfg.merges_in_llm:
+        per_layer = report["llm_tokens_per_layer"]
+        print(
+            f"stage 3: LLM layers 0..{cfg.inner_layer - 1} ran on {per_layer[0]} tokens, "
+            f"layers {cfg.inner_layer}.. on {per_layer[-1]}"
+        )
     print("stage ms: " + ", ".join(f"{k} {v:.1f}" for k, v in report["stages_ms"].items()))
     return 0
 
