@@ -33,6 +33,7 @@ from . import llm
 from .compression import SpatialSelection, VideoCompressor, build_compressor
 from .compression.temporal import compose_sources
 from .config import CompressionConfig, ConfigError, load_config
+from .dtypes import resolve_dtype
 from .llm import InnerMerge
 from .timing import StageTimer
 
@@ -537,7 +538,7 @@ def load_model(
     cfg.check_encoder_depth(_feature_layer_depth(hf_config))
     cfg.check_llm_depth(hf_config.text_config.num_hidden_layers)
 
-    torch_dtype = _resolve_dtype(dtype)
+    torch_dtype = dtype if dtype is None or dtype == "auto" else resolve_dtype(dtype)
     kwargs: dict[str, Any] = {"attn_implementation": attn_implementation}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
@@ -588,22 +589,6 @@ def _check_supported(hf_config: Any) -> None:
             "compression needs vision_feature_select_strategy 'full' (LLaVA-OneVision's), the checkpoint has "
             f"{hf_config.vision_feature_select_strategy!r}"
         )
-
-
-def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
-    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
-        return dtype
-    names = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-    }
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r} (allowed: auto, {', '.join(names)})")
-    return names[dtype]
 
 
 def _eos_ids(generation_config: Any) -> set[int]:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from earlytom_eval.dtypes import resolve_dtype
 from earlytom_eval.tokenizer import (
     CHAT_TEMPLATE,
     EOS_TOKEN,
@@ -236,15 +237,6 @@ def _image_grid_pinpoints(preset: _Preset) -> list[list[int]]:
     return [[size * h, size * w] for h in multiples for w in multiples]
 
 
-def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; use a torch.dtype or a name such as 'bfloat16'")
-    return resolved
-
-
 def default_dtype(name: str) -> torch.dtype:
     """Checkpoint dtype of a preset: float32 for ``"tiny"``, bfloat16 for the real presets."""
     return _preset(name).default_dtype
@@ -403,7 +395,7 @@ def build_model(
     from transformers import LlavaOnevisionForConditionalGeneration
 
     config = preset_config(name)
-    torch_dtype = _resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype)
     target = torch.device(device)
 
     def construct() -> LlavaOnevisionForConditionalGeneration:
@@ -452,7 +444,7 @@ def write_checkpoint(
     Raises:
         ValueError: unknown preset name or dtype.
     """
-    torch_dtype = default_dtype(name) if dtype is None else _resolve_dtype(dtype)
+    torch_dtype = default_dtype(name) if dtype is None else resolve_dtype(dtype)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
