@@ -3,6 +3,10 @@
 Subcommands:
   checkpoint   write a random-initialised LLaVA-OneVision checkpoint for a preset (offline)
   generate     answer a question about a video with a compression config, print the token budget
+  smoke-data   write the tiny synthetic clips and questions of the earlytom_smoke task
+  smoke-check  check that smoke runs produced agreeing results, samples and efficiency logs
+  bench        time TTFT per stage for several configs in one interleaved run
+  flops        count FLOPs per stage for several configs (no weights needed)
 """
 
 from __future__ import annotations

@@ -1,0 +1,649 @@
+"""The lmms-eval model ``earlytom_llava_ov``: thin glue between lmms-eval and :mod:`earlytom_eval.llava_ov`.
+
+Registered through the ``lmms_eval.models`` entry point (:func:`earlytom_eval.lmms_plugin.manifests`), so
+after ``pip install -e .``::
+
+    lmms-eval --model earlytom_llava_ov \\
+        --model_args pretrained=llava-hf/llava-onevision-qwen2-7b-ov-hf,config=configs/earlytom_r0.10.yaml \\
+        --tasks videomme,mlvu --include_path tasks --batch_size 1 --log_samples --output_path results/runs/x
+
+``--model_args`` (unknown keys are an error):
+
+* ``pretrained``: hub id or local checkpoint (default ``llava-hf/llava-onevision-qwen2-7b-ov-hf``);
+* ``config``: a compression config YAML (a path, or a name from ``configs/`` such as ``earlytom_r0.10``);
+* any config field as an override: ``method``, ``retention``, ``tau``, ``max_window``, ``ema``,
+  ``prune_layers`` (``8;21;23``), ``D``, ``K``, ``beta``, ``num_frames``, ``name``;
+* ``max_frames_num``: frames sampled uniformly per video (the config's ``num_frames``, T0);
+* ``device`` (``cuda``, ``cuda:1``, ``cpu``), ``dtype`` (``auto``, ``bfloat16``, ``float16``,
+  ``float32``), ``attn_implementation`` (default ``sdpa``), ``device_map`` (e.g. ``auto`` to split a
+  72B model over the GPUs of one process);
+* ``video_backend`` (``auto``: decord, PyAV fallback; ``decord``; ``pyav``);
+* ``efficiency_log``: where the per-sample log goes (a ``.jsonl`` file or a folder; ``off``), default
+  next to lmms-eval's outputs (see :meth:`EarlyTomLlavaOV.efficiency_log_path`);
+* ``warmup``: untimed generations on a noise video before the first document (default 1).
+
+Decoding is greedy and honours each task's ``max_new_tokens`` and ``until``; a task asking for sampling
+(``temperature > 0`` with sampling on) or beam search is refused before any request runs. Under
+``accelerate launch --num_processes N -m lmms_eval`` each process holds a copy of the model on its own
+GPU and lmms-eval hands it its shard of the requests (by rank and world size); results are gathered by
+lmms-eval, nothing by hand.
+
+A document whose video is missing, unreadable or has no frames gets an empty answer (scored wrong), a
+warning naming the file and an efficiency-log line with the error; the run goes on. Before any weights
+load, the tasks of the run are checked for their data (:func:`earlytom_eval.lmms_plugin.check_tasks`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
+from lmms_eval.api.model import lmms
+from lmms_eval.models.model_utils.gen_metrics import log_metrics
+from loguru import logger
+from tqdm import tqdm
+
+from .config import CompressionConfig, ConfigError, load_config, parse_field_value
+from .efficiency_log import EfficiencyLog, default_log_path
+from .lmms_plugin import MODEL_ID, check_tasks
+from .video import BACKENDS, VideoLoadError, load_video
+
+__all__ = ["DEFAULT_PRETRAINED", "EarlyTomLlavaOV", "MODEL_ARGS"]
+
+DEFAULT_PRETRAINED = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
+#: Model arguments besides the config fields (``batch_size``, ``max_batch_size`` come from lmms-eval).
+MODEL_ARGS = (
+    "pretrained",
+    "config",
+    "max_frames_num",
+    "device",
+    "dtype",
+    "attn_implementation",
+    "device_map",
+    "video_backend",
+    "efficiency_log",
+    "warmup",
+    "batch_size",
+    "max_batch_size",
+)
+_OVERRIDABLE = tuple(f for f in CompressionConfig.field_names() if f != "description")
+_DTYPES = ("auto", "bfloat16", "float16", "float32", "bf16", "fp16", "fp32")
+_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+_OFF = ("off", "none", "false", "no", "0")
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class EarlyTomLlavaOV(lmms):
+    """LLaVA-OneVision with a compression config, as an lmms-eval simple model."""
+
+    is_simple = True
+
+    def __init__(
+        self,
+        pretrained: str = DEFAULT_PRETRAINED,
+        config: str | None = None,
+        max_frames_num: int | str | None = None,
+        device: str | None = None,
+        dtype: str = "auto",
+        attn_implementation: str = "sdpa",
+        device_map: str | None = None,
+        video_backend: str = "auto",
+        efficiency_log: str | None = None,
+        warmup: int | str = 1,
+        batch_size: int | str = 1,
+        max_batch_size: int | None = None,
+        **overrides: Any,
+    ) -> None:
+        super().__init__()
+        # 1. Arguments: everything is checked before data or weights are touched.
+        unknown = sorted(set(overrides) - set(_OVERRIDABLE))
+        if unknown:
+            raise ValueError(
+                f"{MODEL_ID}: unknown model_args key(s) {', '.join(map(repr, unknown))} "
+                f"(allowed: {', '.join(MODEL_ARGS[:-2])}, and config fields {', '.join(_OVERRIDABLE)})"
+            )
+        self.config = _build_config(config, overrides, max_frames_num)
+        self.batch_size_per_gpu = _positive_int("batch_size", batch_size)
+        dtype = str(dtype)
+        if dtype not in _DTYPES:
+            raise ValueError(f"{MODEL_ID}: invalid dtype {dtype!r} (allowed: {', '.join(_DTYPES)})")
+        if str(attn_implementation) not in _ATTENTION and "/" not in str(attn_implementation):
+            raise ValueError(
+                f"{MODEL_ID}: invalid attn_implementation {attn_implementation!r} "
+                f"(allowed: {', '.join(_ATTENTION)}, or a hub kernel 'org/repo')"
+            )
+        if video_backend not in BACKENDS:
+            raise ValueError(f"{MODEL_ID}: invalid video_backend {video_backend!r} (allowed: {', '.join(BACKENDS)})")
+        self.video_backend = video_backend
+        self.pretrained = str(pretrained)
+        self._warmup = _non_negative_int("warmup", warmup)
+
+        accelerator = Accelerator()
+        self.accelerator = accelerator
+        device_map = None if device_map in (None, "", False) else str(device_map)
+        if accelerator.num_processes > 1:
+            if device_map is not None:
+                raise ValueError(
+                    f"{MODEL_ID}: device_map={device_map} splits one model over several GPUs and cannot be combined "
+                    "with data parallelism (accelerate launch --num_processes > 1); use one process for device_map"
+                )
+            device = f"cuda:{accelerator.local_process_index}" if torch.cuda.is_available() else "cpu"
+            self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
+        else:
+            device = str(device) if device else ("cuda" if torch.cuda.is_available() else "cpu")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"{MODEL_ID}: device {device!r} requested but CUDA is not available (use device=cpu)")
+
+        # 2. The run's data, before any weights load (lmms-eval builds the model before it reads tasks).
+        self._run = _lmms_run_context()
+        if self._run.tasks is not None and self._run.task_manager is not None:
+            check_tasks(self._run.tasks, self._run.task_manager)
+
+        # 3. The model.
+        from .llava_ov import load_model
+
+        self._et = load_model(
+            self.pretrained,
+            self.config,
+            device=None if device_map is not None else device,
+            dtype=dtype,
+            attn_implementation=str(attn_implementation),
+            device_map=device_map,
+        )
+        self._device = self._et.device
+        self._cuda_devices = sorted({p.device for p in self._et.model.parameters() if p.device.type == "cuda"}, key=str)
+        self._efficiency_arg = efficiency_log
+        self._log: EfficiencyLog | None = None
+        self._log_resolved = False
+        logger.info(
+            f"{MODEL_ID}: {self.pretrained} on {self._device}, config {self.config.name} "
+            f"({self.config.method}, hash {self.config.fingerprint()}, {self.config.num_frames} frames)"
+        )
+
+    # ------------------------------------------------------------------------------ properties
+    @property
+    def model(self) -> Any:
+        return self._et.model
+
+    @property
+    def earlytom(self) -> Any:
+        """The :class:`earlytom_eval.llava_ov.EarlyTomLlavaOnevision` doing the work."""
+        return self._et
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._et.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_per_gpu
+
+    # ------------------------------------------------------------------------------ efficiency log
+    def efficiency_log_path(self) -> Path | None:
+        """Where this process's per-sample log goes (None when ``efficiency_log=off``).
+
+        In order: the ``efficiency_log`` model arg (a ``.jsonl`` file, or a folder); else lmms-eval's
+        output folder for this run, ``<output_path>/<model name as lmms-eval sanitises it>/``, with the
+        run's own date prefix, i.e. ``<date>_efficiency.jsonl`` beside ``<date>_results.json`` and
+        ``<date>_samples_<task>.jsonl``; else ``./earlytom_efficiency/<date>_efficiency.jsonl``.
+        Several processes each write ``..._efficiency_rank<r>.jsonl``.
+        """
+        arg = self._efficiency_arg
+        if arg is False or (isinstance(arg, str) and arg.strip().lower() in _OFF):
+            return None
+        date_id = self._run.date_id
+        if arg not in (None, True, ""):
+            path = Path(os.path.expanduser(str(arg)))
+            if path.suffix == ".jsonl":
+                if self.world_size > 1:
+                    path = path.with_name(f"{path.stem}_rank{self.rank}.jsonl")
+                return path
+            return default_log_path(path, date_id, self.rank, self.world_size)
+        if self._run.output_path:
+            folder = Path(self._run.output_path) / self._run.model_folder(self.pretrained)
+        else:
+            folder = Path("earlytom_efficiency")
+        return default_log_path(folder, date_id, self.rank, self.world_size)
+
+    def _efficiency_log(self) -> EfficiencyLog | None:
+        if not self._log_resolved:
+            self._log_resolved = True
+            path = self.efficiency_log_path()
+            self._log = EfficiencyLog(path) if path is not None else None
+            if path is not None and self.rank == 0:
+                logger.info(f"{MODEL_ID}: per-sample efficiency log: {path}")
+        return self._log
+
+    def clean(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            logger.info(f"{MODEL_ID}: wrote {self._log.records} efficiency records to {self._log.path}")
+        super().clean()
+
+    # ------------------------------------------------------------------------------ requests
+    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        raise NotImplementedError(
+            f"{MODEL_ID} does not implement loglikelihood (used by output_type loglikelihood / multiple_choice "
+            "tasks); it answers generate_until tasks such as videomme, mlvu, earlytom_smoke"
+        )
+
+    def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
+        raise NotImplementedError(
+            f"{MODEL_ID} does not implement generate_until_multi_round (multi-round tasks); "
+            "it answers single-turn generate_until tasks"
+        )
+
+    def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
+        """Greedy answers, in request order; a document with bad data gets an empty answer and a log line."""
+        settings = [_generation_settings(request.args[1], request.args[4]) for request in requests]
+        self._warm_up()
+        results: list[GenerationResult | None] = [None] * len(requests)
+        progress = tqdm(total=len(requests), disable=self.rank != 0, desc=f"{MODEL_ID} responding")
+        for batch in _batches(range(len(requests)), settings, self.batch_size_per_gpu):
+            ready = []
+            for index in batch:
+                request = requests[index]
+                if (request.metadata or {}).get("__padding_only__"):
+                    results[index] = GenerationResult(text="")  # lmms-eval's rank padding: discarded
+                    progress.update(1)
+                    continue
+                item = self._prepare(request)
+                if item.error is not None:
+                    results[index] = GenerationResult(text="")
+                    self._record_error(item)
+                    progress.update(1)
+                    continue
+                ready.append((index, item))
+            if ready:
+                max_new_tokens, until = settings[ready[0][0]]
+                for (index, _), result in zip(ready, self._answer([item for _, item in ready], max_new_tokens, until)):
+                    results[index] = result
+                progress.update(len(ready))
+        progress.close()
+        return results  # type: ignore[return-value]
+
+    def _warm_up(self) -> None:
+        """``warmup`` untimed, unlogged generations on a noise video, so the first document's times are not
+        the device's start-up (kernel selection, allocator growth)."""
+        while self._warmup > 0:
+            self._warmup -= 1
+            noise = torch.randint(0, 256, (self.config.num_frames, 64, 64, 3), dtype=torch.uint8).numpy()
+            prompt = self._et.build_prompt("Describe the video.", num_videos=1)
+            self._et.generate([prompt], [[noise]], max_new_tokens=2)
+
+    def _prepare(self, request: Instance) -> _Item:
+        context, _, doc_to_visual, doc_id, task, split = request.args
+        item = _Item(task=task, doc_id=doc_id, split=split, context=_strip_placeholders(context))
+        try:
+            visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+        except (Exception, SystemExit) as err:  # lmms-eval's own videomme/mlvu call sys.exit on a missing file
+            item.error = f"doc_to_visual failed: {_one_line(err)}"
+            return item
+        for visual in _flatten(visuals):
+            if isinstance(visual, (str, os.PathLike)):
+                path = os.fspath(visual)
+                item.videos.append(path)
+                start = time.perf_counter()
+                try:
+                    frames = load_video(path, self.config.num_frames, backend=self.video_backend).frames
+                except VideoLoadError as err:
+                    item.error = str(err)
+                    return item
+                middle = time.perf_counter()
+                try:
+                    item.pixel_values.append(self._et.preprocess_video(frames))
+                except Exception as err:
+                    item.error = f"cannot preprocess video {path!r}: {_one_line(err)}"
+                    return item
+                item.video_load_ms += (middle - start) * 1000.0
+                item.preprocess_ms += (time.perf_counter() - middle) * 1000.0
+            elif _is_image(visual):
+                item.images.append(visual)
+            else:
+                item.error = f"unsupported visual of type {type(visual).__name__} (allowed: video paths, PIL images)"
+                return item
+        return item
+
+    def _answer(self, items: list[_Item], max_new_tokens: int, until: list[str]) -> list[GenerationResult]:
+        prompts = [
+            self._et.build_prompt(item.context, num_videos=len(item.pixel_values), num_images=len(item.images))
+            for item in items
+        ]
+        self._reset_peak_memory()
+        start = time.perf_counter()
+        outputs = self._et.generate(
+            prompts,
+            [item.pixel_values for item in items],
+            [item.images for item in items] if any(item.images for item in items) else None,
+            max_new_tokens=max_new_tokens,
+            stop=until,
+        )
+        elapsed = time.perf_counter() - start
+        peak_mb, peak_kind = self._peak_memory()
+        results = []
+        for item, out in zip(items, outputs):
+            generated = len(out.token_ids)
+            stages = out.stages_ms
+            encodings = out.videos
+            record = {
+                **self._record_base(item),
+                "frames_in": sum(e.frames_in for e in encodings) if encodings else 0,
+                "frames_per_layer": _sum_per_layer([e.frames_per_layer for e in encodings]),
+                "frames_out": sum(e.frames_out for e in encodings) if encodings else 0,
+                "rho_eff": encodings[0].rho_eff if len(encodings) == 1 else None,
+                "visual_tokens": out.visual_tokens,
+                "prompt_tokens": out.prompt_tokens,
+                "generated_tokens": generated,
+                "video_load_ms": item.video_load_ms,
+                "preprocess_ms": item.preprocess_ms + stages.get("preprocess", 0.0),
+                "vision_encoder_ms": stages.get("vision_encoder", 0.0),
+                "compression_ms": stages.get("compression", 0.0),
+                "projector_pooling_ms": stages.get("projector_pooling", 0.0),
+                "llm_prefill_ms": stages.get("llm_prefill", 0.0),
+                "first_token_ms": stages.get("first_token", 0.0),
+                "ttft_ms": stages.get("ttft", 0.0),
+                "decode_ms": stages.get("decode", 0.0),
+                "peak_memory_mb": peak_mb,
+                "peak_memory_kind": peak_kind,
+                "batch_size": len(items),
+                "error": None,
+            }
+            log = self._efficiency_log()
+            if log is not None:
+                log.write(record)
+            share = elapsed / len(items)
+            log_metrics(
+                total_elapsed_time=share,
+                total_gen_tokens=generated,
+                avg_speed=generated / share if share > 0 else 0.0,
+                additional_metrics={
+                    "num_requests": 1,
+                    "ttft": record["ttft_ms"] / 1000.0,  # seconds, as lmms-eval's vLLM models report it
+                    "vision_encoder_ms": record["vision_encoder_ms"],
+                    "compression_ms": record["compression_ms"],
+                    "llm_prefill_ms": record["llm_prefill_ms"],
+                    "visual_tokens": record["visual_tokens"],
+                    "prompt_tokens": record["prompt_tokens"],
+                },
+            )
+            results.append(
+                GenerationResult(
+                    text=out.text, token_counts=TokenCounts(input_tokens=out.prompt_tokens, output_tokens=generated)
+                )
+            )
+        return results
+
+    def _record_base(self, item: _Item) -> dict[str, Any]:
+        return {
+            "task": item.task,
+            "doc_id": item.doc_id,
+            "split": item.split,
+            "rank": self.rank,
+            "model": self.pretrained,
+            "method": self.config.method,
+            "config": self.config.name,
+            "config_hash": self.config.fingerprint(),
+            "videos": item.videos,
+        }
+
+    def _record_error(self, item: _Item) -> None:
+        logger.warning(f"{MODEL_ID}: {item.task} doc {item.doc_id}: {item.error}; answering '' (scored wrong)")
+        log = self._efficiency_log()
+        if log is not None:
+            log.write({**self._record_base(item), "error": item.error, "batch_size": 1})
+
+    # ------------------------------------------------------------------------------ memory
+    def _reset_peak_memory(self) -> None:
+        for device in self._cuda_devices:
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def _peak_memory(self) -> tuple[float, str]:
+        if self._cuda_devices:
+            peak = sum(torch.cuda.max_memory_allocated(d) for d in self._cuda_devices)
+            return peak / 2**20, "cuda_max_allocated"
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return (rss / 2**20 if sys.platform == "darwin" else rss / 1024.0), "cpu_max_rss"
+
+
+# ---------------------------------------------------------------------------------- helpers
+@dataclass
+class _Item:
+    """One document on its way to the model."""
+
+    task: str
+    doc_id: int
+    split: str
+    context: str
+    videos: list[str] = field(default_factory=list)
+    pixel_values: list[torch.Tensor] = field(default_factory=list)
+    images: list[Any] = field(default_factory=list)
+    video_load_ms: float = 0.0
+    preprocess_ms: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class _RunContext:
+    """What the wrapper learns about the lmms-eval run that builds it."""
+
+    found: bool = False
+    output_path: str | None = None
+    datetime_str: str | None = None
+    model_args: str | None = None
+    tasks: list[Any] | None = None
+    task_manager: Any = None
+
+    @property
+    def date_id(self) -> str:
+        stamp = self.datetime_str if isinstance(self.datetime_str, str) and self.datetime_str else None
+        if stamp is None:
+            stamp = time.strftime("%Y%m%d_%H%M%S")
+            self.datetime_str = stamp
+        return stamp.replace(":", "-")
+
+    def model_folder(self, pretrained: str) -> str:
+        """The sub-folder lmms-eval writes results into (its sanitised model name)."""
+        try:
+            from lmms_eval.loggers.evaluation_tracker import GeneralConfigTracker
+            from lmms_eval.utils import sanitize_model_name
+
+            name = GeneralConfigTracker._get_model_name(self.model_args) if isinstance(self.model_args, str) else ""
+            return sanitize_model_name(name or pretrained)
+        except Exception:  # a later lmms-eval moved them: same rule, by hand
+            parts = (pretrained or "").split("/")
+            return "__".join(parts[-2:]) if len(parts) > 1 else parts[-1]
+
+
+def _lmms_run_context() -> _RunContext:
+    """The run's output folder, date stamp, model args and tasks, read from lmms-eval's ``simple_evaluate``.
+
+    lmms-eval builds the model inside ``simple_evaluate(... tasks, cli_args, datetime_str ...)`` and
+    passes it none of these; its frame on the call stack has them (``--config`` files included). When it
+    is not found (another caller), ``--output_path`` is read from ``sys.argv``.
+    """
+    frame = sys._getframe(1)
+    try:
+        while frame is not None:
+            code = frame.f_code
+            if code.co_name == "simple_evaluate" and "lmms_eval" in code.co_filename.replace("\\", "/"):
+                values = frame.f_locals
+                cli_args = values.get("cli_args")
+                tracker = values.get("evaluation_tracker")
+                output_path = getattr(cli_args, "output_path", None) or getattr(tracker, "output_path", None)
+                tasks = values.get("tasks")
+                return _RunContext(
+                    found=True,
+                    output_path=output_path,
+                    datetime_str=values.get("datetime_str"),
+                    model_args=values.get("model_args") if isinstance(values.get("model_args"), str) else None,
+                    tasks=list(tasks) if isinstance(tasks, (list, tuple)) else None,
+                    task_manager=values.get("task_manager"),
+                )
+            frame = frame.f_back
+    finally:
+        del frame
+    return _RunContext(
+        output_path=_argv_value(sys.argv, "--output_path"), model_args=_argv_value(sys.argv, "--model_args")
+    )
+
+
+def _argv_value(argv: Sequence[str], flag: str) -> str | None:
+    for index, arg in enumerate(argv):
+        if arg == flag and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _build_config(config: Any, overrides: dict[str, Any], max_frames_num: Any) -> CompressionConfig:
+    assignments = {key: _as_text(value) for key, value in overrides.items()}
+    if max_frames_num is not None:
+        frames = str(_positive_int("max_frames_num", max_frames_num))
+        if "num_frames" in assignments and parse_field_value("num_frames", assignments["num_frames"]) != int(frames):
+            raise ConfigError(
+                f"max_frames_num={frames} and num_frames={assignments['num_frames']} disagree (give one of them)"
+            )
+        assignments["num_frames"] = frames
+    base = load_config(_config_path(config)) if config not in (None, "") else CompressionConfig()
+    return base.with_overrides(assignments) if assignments else base
+
+
+def _config_path(value: Any) -> Path:
+    """A config YAML path as given, or a name looked up in ``configs/`` (of the working folder, then the repo)."""
+    path = Path(os.path.expanduser(str(value)))
+    if path.is_file():
+        return path
+    if not path.is_absolute():
+        names = [path, path.with_name(path.name + ".yaml")] if path.suffix != ".yaml" else [path]
+        for root in (Path.cwd() / "configs", _REPO_ROOT / "configs", _REPO_ROOT):
+            for name in names:
+                if (root / name).is_file():
+                    return root / name
+    shipped = sorted(p.stem for p in (_REPO_ROOT / "configs").glob("*.yaml"))
+    hint = f" or a name from configs/: {', '.join(shipped)}" if shipped else ""
+    raise ConfigError(f"config file not found: '{value}' (allowed: a YAML path{hint})")
+
+
+def _as_text(value: Any) -> str:
+    """lmms-eval turns ``8`` into 8 and ``0.15`` into 0.15; configs parse strings."""
+    if isinstance(value, float) and value.is_integer():
+        return repr(value)
+    return str(value)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError(f"{MODEL_ID}: invalid {name} {value!r} (allowed: an integer >= 1)")
+    return number
+
+
+def _non_negative_int(name: str, value: Any) -> int:
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise ValueError(f"{MODEL_ID}: invalid {name} {value!r} (allowed: an integer >= 0)")
+    return number
+
+
+def _generation_settings(gen_kwargs: Any, task: str) -> tuple[int, list[str]]:
+    """``(max_new_tokens, until)`` of a request; sampling or beam search is refused (greedy only)."""
+    kwargs = dict(gen_kwargs or {})
+    until = kwargs.get("until")
+    if until is None:
+        until = []
+    elif isinstance(until, str):
+        until = [until]
+    elif isinstance(until, (list, tuple)) and all(isinstance(s, str) for s in until):
+        until = list(until)
+    else:
+        raise ValueError(f"{MODEL_ID}: task {task}: 'until' must be a string or a list of strings, got {until!r}")
+    max_new_tokens = kwargs.get("max_new_tokens", 1024)
+    try:
+        max_new_tokens = int(max_new_tokens)
+    except (TypeError, ValueError):
+        max_new_tokens = 0
+    if max_new_tokens < 1:
+        raise ValueError(
+            f"{MODEL_ID}: task {task}: max_new_tokens must be an integer >= 1, got {kwargs['max_new_tokens']!r}"
+        )
+    temperature = float(kwargs.get("temperature") or 0.0)
+    do_sample = kwargs.get("do_sample")
+    if temperature > 0 and do_sample is not False:
+        raise ValueError(
+            f"{MODEL_ID}: task {task} asks for sampling (temperature={temperature}); this model decodes greedily "
+            "(allowed: temperature 0 or do_sample false; override with --gen_kwargs temperature=0)"
+        )
+    if int(kwargs.get("num_beams") or 1) > 1:
+        raise ValueError(f"{MODEL_ID}: task {task} asks for num_beams={kwargs['num_beams']} (allowed: 1, greedy)")
+    return max_new_tokens, [s for s in until if s]
+
+
+def _batches(indices: Iterable[int], settings: list[tuple[int, list[str]]], size: int) -> Iterable[list[int]]:
+    """Consecutive requests with the same generation settings, at most ``size`` at a time."""
+    batch: list[int] = []
+    for index in indices:
+        if batch and (len(batch) >= size or settings[batch[0]] != settings[index]):
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch
+
+
+def _flatten(visuals: Any) -> list[Any]:
+    if visuals is None:
+        return []
+    if isinstance(visuals, (str, os.PathLike)) or _is_image(visuals):
+        return [visuals]
+    out = []
+    for visual in visuals:
+        out.extend(_flatten(visual) if isinstance(visual, (list, tuple)) else [visual])
+    return out
+
+
+def _is_image(value: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        return False
+    return isinstance(value, Image.Image)
+
+
+def _strip_placeholders(context: str) -> str:
+    """The prompt gets its own ``<video>`` / ``<image>`` placeholders from the chat template."""
+    if "<video>" not in context and "<image>" not in context:
+        return context
+    return context.replace("<video>", "").replace("<image>", "").strip()
+
+
+def _sum_per_layer(schedules: list[tuple[int, ...]]) -> list[int]:
+    if not schedules:
+        return []
+    depth = max(len(s) for s in schedules)
+    return [sum(s[i] for s in schedules if i < len(s)) for i in range(depth)]
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err.code if isinstance(err, SystemExit) else err) or type(err).__name__
+    return " ".join(text.split())
