@@ -10,9 +10,11 @@ Fields of a line (``None`` where not applicable, e.g. after an error):
 (:meth:`CompressionConfig.fingerprint`); ``videos`` (paths); ``frames_in`` (frames sampled, T0),
 ``frames_per_layer`` (frames each vision-encoder layer processed), ``frames_out``, ``rho_eff``,
 ``visual_tokens`` (into the LLM, newline included), ``prompt_tokens`` (LLM sequence incl. visual tokens),
-``generated_tokens`` (new tokens, EOS included); milliseconds ``video_load_ms`` (decoding the file),
+``llm_tokens_per_layer`` (tokens each LLM layer processed in the prefill: fewer from layer k on with
+stage 3), ``generated_tokens`` (new tokens, EOS included); milliseconds ``video_load_ms`` (decoding the file),
 ``preprocess_ms`` (resize / normalise), ``vision_encoder_ms``, ``compression_ms``,
-``projector_pooling_ms``, ``llm_prefill_ms``, ``first_token_ms``, ``ttft_ms`` (preprocessed frames to
+``projector_pooling_ms``, ``llm_prefill_ms``, ``inner_merge_ms`` (stage 3's scoring and merging),
+``first_token_ms``, ``ttft_ms`` (preprocessed frames to
 first token), ``decode_ms`` (device-synchronised); ``peak_memory_mb`` with ``peak_memory_kind``
 (``cuda_max_allocated`` per document on GPU, ``cpu_max_rss`` process high-water mark on CPU);
 ``batch_size``; ``error`` (one line, or None); ``time`` (UTC ISO time the line was written).
@@ -49,6 +51,7 @@ FIELDS = (
     "rho_eff",
     "visual_tokens",
     "prompt_tokens",
+    "llm_tokens_per_layer",
     "generated_tokens",
     "video_load_ms",
     "preprocess_ms",
@@ -56,6 +59,7 @@ FIELDS = (
     "compression_ms",
     "projector_pooling_ms",
     "llm_prefill_ms",
+    "inner_merge_ms",
     "first_token_ms",
     "ttft_ms",
     "decode_ms",
