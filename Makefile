@@ -42,3 +42,20 @@ smoke: install
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+
+# `make reproduce-tables`: every grid cell without a complete result (lmms-eval + TTFT bench), then the tables
+# and plots. GRID=configs/grids/smoke.yaml is the CPU version (minutes). FORCE=1 re-runs finished cells,
+# GPUS=N sets the data-parallel processes, DRY_RUN=1 only plans; RUNS= / TABLES= change the folders.
+GRID ?= configs/grids/paper.yaml
+RUNS ?=
+TABLES ?=
+GPUS ?=
+FORCE ?=
+DRY_RUN ?=
+REPRO_ARGS ?=
+REPRO_FLAGS = --grid $(GRID) $(if $(RUNS),--runs $(RUNS)) $(if $(TABLES),--out $(TABLES)) $(if $(GPUS),--gpus $(GPUS)) \
+  $(if $(filter 1 yes true,$(FORCE)),--force) $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run) $(REPRO_ARGS)
+
+.PHONY: reproduce-tables
+reproduce-tables: install
+	$(VENV)/bin/earlytom-eval reproduce $(strip $(REPRO_FLAGS))

@@ -7,6 +7,8 @@ Subcommands:
   smoke-check  check that smoke runs produced agreeing results, samples and efficiency logs
   bench        time TTFT per stage for several configs in one interleaved run
   flops        count FLOPs per stage for several configs (no weights needed)
+  tables       aggregate lmms-eval runs, efficiency logs and bench reports into tables and plots
+  reproduce    run every missing cell of an experiment grid, then the tables (make reproduce-tables)
 """
 
 from __future__ import annotations
@@ -131,9 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=_cmd_generate)
 
     # Subcommands that live with their feature: each module registers its own parser.
-    from . import bench, flops, smoke_data
+    from . import bench, flops, reproduce, smoke_data, tables
 
-    for module in (smoke_data, bench, flops):
+    for module in (smoke_data, bench, flops, tables, reproduce):
         module.add_cli(sub)
     return parser
 

@@ -1,0 +1,296 @@
+"""The analytic FLOP accounting against torch's FlopCounterMode (tiny preset, a mid-size model, meta 7B)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from earlytom_eval.cli import main as cli_main
+from earlytom_eval.compression.temporal import frame_similarity, plan_temporal_merge
+from earlytom_eval.config import CompressionConfig, load_config
+from earlytom_eval.flops import (
+    STAGES,
+    FrameSchedule,
+    ModelShapes,
+    StageFlopCounter,
+    compression_flops,
+    count_stage_flops,
+    encoder_layer_flops,
+    llm_layer_flops,
+    llm_prefill_flops,
+    max_merge_schedule,
+    no_merge_schedule,
+    parse_frames_per_layer,
+    projector_pooling_flops,
+    reference_llm_macs,
+    schedule_from_encoding,
+    stage3_tokens_per_layer,
+    vision_encoder_flops,
+    visual_token_count,
+)
+from earlytom_eval.llava_ov import EarlyTomLlavaOnevision, received_attention
+from earlytom_eval.presets import build_model, build_processor, preset_config
+from earlytom_eval.video import synthetic_frames
+
+TOLERANCE = 0.01  # the issue's bar; the counts are in fact exact
+
+
+def _close(ours: int, measured: int) -> bool:
+    if measured == 0:
+        return ours == 0
+    return abs(ours - measured) / measured < TOLERANCE
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, two OpenMP threads stall whenever another process
+    holds a core (these tests assert no timing; this only keeps them fast)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = build_model("tiny", seed=0)
+    return EarlyTomLlavaOnevision(model, build_processor("tiny"), CompressionConfig(method="full"))
+
+
+def _clip(num_frames: int = 16):
+    third = num_frames // 3
+    return synthetic_frames(
+        [("static", third), ("motion", third), ("static", num_frames - 2 * third)], size=(96, 128), seed=1
+    )
+
+
+def _measure(model: EarlyTomLlavaOnevision, pixel_values: torch.Tensor):
+    """Per-stage FlopCounterMode counts of one real prefill plus one decode step."""
+    counter = StageFlopCounter()
+    inputs, encodings, lengths = model.prepare_inputs([model.build_prompt("What?")], [[pixel_values]], timer=counter)
+    state = model.prefill(inputs, timer=counter, encodings=encodings)
+    with FlopCounterMode(display=False) as decode_counter:
+        model.decode(state, 2)  # exactly one decode step (the first token comes from the prefill)
+    measured = dict(counter.flops)
+    measured["compression"] = measured.get("compression", 0) + measured.pop("inner_merge", 0)
+    measured["decode_step"] = decode_counter.get_total_flops()
+    return measured, encodings[0][0], lengths[0], state
+
+
+CONFIGS = {
+    "full": dict(method="full"),
+    "earlytom_stage3": dict(retention=0.10, tau=0.3, prune_layers=(10, 21, 23), inner_layer=18, inner_ratio=0.5),
+    "post_encoder_no_stage3": dict(retention=0.10, tau=0.3, prune_layers=()),
+    "prune_last_layer": dict(retention=0.2, tau=0.5, prune_layers=(3, 25), inner_layer=5, inner_merge="mean"),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_stage_flops_match_flop_counter_on_tiny(tiny, name):
+    cfg = CompressionConfig(num_frames=16, name=name, **CONFIGS[name])
+    model = tiny.with_config(cfg)
+    pixel_values = model.preprocess_video(_clip(16))
+    measured, encoding, prompt_tokens, state = _measure(model, pixel_values)
+    shapes = ModelShapes.from_hf_config(model.model.config)
+    schedule = schedule_from_encoding(encoding)
+    ours = count_stage_flops(shapes, cfg, schedule, prompt_tokens, encoding.visual_tokens)
+    assert ours.detail["llm_tokens_per_layer"] == list(state.llm.tokens_per_layer[0])
+    for stage in STAGES:
+        assert _close(ours.stages[stage], measured.get(stage, 0)), (stage, ours.stages[stage], measured.get(stage))
+    # The visual token count predicted from the schedule and segments is the one that occurred.
+    assert visual_token_count(shapes, cfg, schedule) == encoding.visual_tokens
+    if cfg.compresses:
+        assert measured["compression"] > 0
+
+
+def test_mid_size_model_with_gqa_and_stage3():
+    """A model unlike the presets: 3 query heads per KV head, head dim 16, 8x8 patches, 6 LLM layers."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    config = preset_config("tiny")
+    vision = config.vision_config
+    vision.hidden_size, vision.intermediate_size, vision.num_attention_heads = 48, 80, 3
+    vision.num_hidden_layers, vision.image_size = 6, 112
+    text = config.text_config
+    text.hidden_size, text.intermediate_size, text.num_hidden_layers = 96, 160, 6
+    text.num_attention_heads, text.num_key_value_heads, text.head_dim = 6, 2, 16
+    text.layer_types = ["full_attention"] * 6
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        hf_model = LlavaOnevisionForConditionalGeneration._from_config(config, attn_implementation="sdpa").eval()
+    cfg = CompressionConfig(retention=0.2, tau=0.3, prune_layers=(1, 3), inner_layer=3, num_frames=10, name="mid")
+    model = EarlyTomLlavaOnevision(hf_model, build_processor("tiny"), cfg)
+    frames = torch.randn(10, 3, 112, 112)
+    frames[1:4] = frames[0]  # a static run, so frames merge
+    measured, encoding, prompt_tokens, _ = _measure(model, frames)
+    shapes = ModelShapes.from_hf_config(hf_model.config)
+    assert (shapes.encoder_tokens, shapes.pooled_tokens, shapes.kv_heads, shapes.head_dim) == (64, 16, 2, 16)
+    ours = count_stage_flops(shapes, cfg, schedule_from_encoding(encoding), prompt_tokens, encoding.visual_tokens)
+    assert encoding.frames_out < 10
+    for stage in STAGES:
+        assert _close(ours.stages[stage], measured[stage]), (stage, ours.stages[stage], measured[stage])
+
+
+@pytest.fixture(scope="module")
+def meta_7b():
+    with torch.device("meta"):
+        model = build_model("7b", dtype=torch.bfloat16, device="meta")
+    return model
+
+
+def test_meta_7b_encoder_projector_and_compression(meta_7b):
+    """The real SigLIP-so400m / 7B projector shapes on the meta device, with a merging frame schedule."""
+    shapes = ModelShapes.from_preset("7b")
+    cfg = load_config(CompressionConfig(), num_frames=32)
+    schedule = max_merge_schedule(cfg, 32, shapes.vision_layers)
+    vision = meta_7b.model.vision_tower
+    vision = getattr(vision, "vision_model", vision)
+    pixels = torch.empty(32, 3, 384, 384, device="meta", dtype=torch.bfloat16)
+    with FlopCounterMode(display=False) as counter:
+        hidden = vision.embeddings(pixels)
+        for index, layer in enumerate(vision.encoder.layers):
+            hidden = hidden[: schedule.frames_per_layer[index]]
+            out = layer(hidden, None)
+            hidden = out[0] if isinstance(out, tuple) else out
+    encoder, _ = vision_encoder_flops(shapes, schedule.frames_per_layer, cfg.prune_layers)
+    assert _close(encoder, counter.get_total_flops())
+
+    full, _ = vision_encoder_flops(shapes, [32] * 26)
+    assert round(full / 1e12, 2) == 20.54  # FlopCounterMode on the meta 7B encoder, 32 frames
+
+    features = torch.empty(schedule.frames_out, 729, 1152, device="meta", dtype=torch.bfloat16)
+    with FlopCounterMode(display=False) as counter:
+        meta_7b.model.apply_pooling(meta_7b.model.multi_modal_projector(features))
+    assert _close(projector_pooling_flops(shapes, schedule.frames_out), counter.get_total_flops())
+    assert round(projector_pooling_flops(shapes, 32) / 1e12, 2) == 0.79
+
+    # Compression: the similarity at each prune layer, attention recomputed at the last, re-segmentation.
+    with FlopCounterMode(display=False) as counter:
+        for layer in cfg.prune_layers:
+            frame_similarity(torch.empty(schedule.frames_per_layer[layer], 729, 1152, device="meta"))
+        last = cfg.prune_layers[-1]
+        received_attention(
+            vision.encoder.layers[last],
+            torch.empty(schedule.frames_per_layer[last], 729, 1152, device="meta", dtype=torch.bfloat16),
+        )
+        frame_similarity(torch.empty(schedule.frames_per_layer[last + 1], 729, 1152, device="meta"))
+    encoder_side = cfg.replace(inner_layer=None)
+    ours, parts = compression_flops(shapes, encoder_side, schedule)
+    assert set(parts) == {"frame_similarity", "received_attention"}
+    assert _close(ours, counter.get_total_flops())
+
+
+def test_meta_7b_decoder_layer_gqa(meta_7b):
+    """One Qwen2-7B decoder layer (28 query heads, 4 KV heads, 3-matrix MLP) on the meta device."""
+    shapes = ModelShapes.from_preset("7b")
+    lm = meta_7b.model.language_model
+    tokens = 700
+    hidden = torch.empty(1, tokens, shapes.hidden, device="meta", dtype=torch.bfloat16)
+    positions = torch.arange(tokens, device="meta")[None]
+    with FlopCounterMode(display=False) as counter:
+        embeddings = lm.rotary_emb(hidden, positions)
+        lm.layers[0](hidden, attention_mask=None, position_ids=positions, position_embeddings=embeddings)
+    assert _close(llm_layer_flops(shapes, tokens), counter.get_total_flops())
+    # The spec's number: one layer over 6313 tokens is 3.51 TFLOPs with attention as a full square.
+    assert round(llm_layer_flops(shapes, 6313) / 1e12, 2) == 3.51
+
+
+def test_reference_hand_formula_and_causal_option():
+    shapes = ModelShapes.from_preset("7b")
+    assert round(reference_llm_macs(shapes, 32 * 196) / 1e12, 1) == 40.8
+    square, _ = llm_prefill_flops(shapes, 100, "square")
+    causal, _ = llm_prefill_flops(shapes, 100, "causal")
+    attention_square = 4 * 100 * 100 * shapes.heads * shapes.head_dim * shapes.layers
+    assert square - causal == attention_square - attention_square * 101 // 200
+
+
+def test_stage3_tokens_per_layer():
+    shapes = ModelShapes.from_preset("7b")
+    cfg = CompressionConfig(inner_layer=18, inner_ratio=0.5)
+    tokens = stage3_tokens_per_layer(shapes, cfg, prompt_tokens=700, visual_tokens=629)
+    assert tokens[:18] == [700] * 18
+    assert tokens[18:] == [700 - 629 + round(629 * 0.5)] * 10
+    assert stage3_tokens_per_layer(shapes, cfg.replace(inner_layer=None), 700, 629) == [700] * 28
+
+
+def test_max_merge_bound_is_reached_by_the_planner():
+    """The analytic lower bound equals what the real merge planner does on maximally mergeable frames."""
+    cfg = CompressionConfig(prune_layers=(10, 21, 23), max_window=6, tau=0.3)
+    bound = max_merge_schedule(cfg, 32, 26)
+    assert bound.compact() == "32x11 20x11 12x2 8x2"
+    frames = 32
+    for _ in cfg.prune_layers:
+        plan = plan_temporal_merge(_mergeable_similarity(frames, cfg.max_window - 1), cfg.tau, cfg.max_window, cfg.ema)
+        frames = plan.num_output_frames
+    assert frames == bound.frames_out == 8
+    # No clip can merge less than nothing: the other bound.
+    assert no_merge_schedule(cfg, 32, 26).frames_per_layer == (32,) * 26
+
+
+def _mergeable_similarity(frames: int, window: int) -> list[list[float]]:
+    """High similarities everywhere (cuts only at the window); inside each window's middle frames, pairs
+    alternate strong/weak so every pair merges."""
+    sim = [[1.0 if i == j else 0.95 for j in range(frames)] for i in range(frames)]
+    for start in range(0, frames, window):
+        middle = list(range(start + 1, min(start + window, frames) - 1))
+        for j, (a, b) in enumerate(zip(middle, middle[1:])):
+            sim[a][b] = sim[b][a] = 0.99 if j % 2 == 0 else 0.96
+    return sim
+
+
+def test_parse_frames_per_layer_forms():
+    cfg = CompressionConfig(prune_layers=(10, 21, 23))
+    per_layer = parse_frames_per_layer("32x11,20x11,12x2,8x2", cfg, 32, 26)
+    after_prune = parse_frames_per_layer("20,12,8", cfg, 32, 26)
+    assert per_layer.frames_per_layer == after_prune.frames_per_layer
+    assert after_prune.frames_out == 8
+    with pytest.raises(ValueError):
+        parse_frames_per_layer("20,24,8", cfg, 32, 26)  # frames never increase
+    with pytest.raises(ValueError):
+        parse_frames_per_layer("20,12", cfg, 32, 26)
+
+
+def test_encoder_flops_follow_the_schedule():
+    shapes = ModelShapes.from_preset("0.5b")
+    schedule = FrameSchedule((8,) * 4 + (5,) * 22, 5)
+    total, blocks = vision_encoder_flops(shapes, schedule.frames_per_layer, (3,))
+    assert [b["layers"] for b in blocks] == ["patch embedding", "0-3", "4-25"]
+    assert blocks[2]["flops"] == 22 * encoder_layer_flops(shapes, 5)
+    assert total == sum(b["flops"] for b in blocks)
+
+
+def test_flops_cli_prints_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "flops.json"
+    code = cli_main(
+        ["flops", "--preset", "7b", "--frames", "32", "--configs", "configs/full.yaml", "configs/earlytom_r0.10.yaml",
+         "configs/earlytom_r0.25.yaml", "--json", str(out)]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "earlytom_r0.10@max-merge" in text and "ref. formula" in text
+    report = json.loads(out.read_text())
+    names = [e["name"] for e in report["configs"]]
+    assert names[0] == "full" and "earlytom_r0.25@no-merge" in names
+    for entry in report["configs"]:
+        assert set(entry["flops"]) == set(STAGES)
+        assert entry["total_prefill_flops"] == sum(v for k, v in entry["flops"].items() if k != "decode_step")
+        assert len(entry["frames_per_layer"]) == 26
+    full = report["configs"][0]
+    assert full["visual_tokens"] == 32 * 196 + 1
+    assert report["ratios"]["full"]["total_prefill_flops"] == 1.0
+
+
+def test_flops_cli_explicit_schedule(tmp_path, capsys):
+    out = tmp_path / "flops.json"
+    code = cli_main(
+        ["flops", "--preset", "0.5b", "--frames", "16", "--configs", "configs/earlytom_r0.10.yaml",
+         "--frames-per-layer", "12,8,6", "--text-tokens", "40", "--json", str(out)]
+    )
+    assert code == 0
+    entry = json.loads(out.read_text())["configs"][0]
+    assert entry["frames_per_layer"] == [16] * 11 + [12] * 11 + [8] * 2 + [6] * 2
+    assert entry["prompt_tokens"] == 40 + entry["visual_tokens"]
+    assert entry["schedule"]["source"].startswith("given")
