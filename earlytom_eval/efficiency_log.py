@@ -144,7 +144,8 @@ class EfficiencyLog:
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """All records of an efficiency log (a partial last line, from a crash mid-write, is skipped)."""
+    """All records of an efficiency log, or of any JSONL file (a partial last line, from a crash mid-write, is
+    skipped)."""
     records = []
     with open(path, encoding="utf-8") as handle:
         for line in handle:

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from . import published as pub
+from .efficiency_log import read_log as read_jsonl
 
 __all__ = [
     "BenchRun",
@@ -302,20 +303,6 @@ def _find_cell_json(folder: Path, root: Path | None) -> tuple[Path | None, dict 
     return None, None
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a partial last line of an interrupted run
-    return rows
-
-
 # ------------------------------------------------------------------------------------ eval runs
 @dataclass
 class TaskOutcome:
@@ -377,7 +364,7 @@ def load_eval_run(results_path: Path, root: Path | None = None) -> EvalRun:
     args = _parse_model_args(model_args)
     efficiency = []
     for path in _efficiency_files(folder, date_id):
-        efficiency.extend(_read_jsonl(path))
+        efficiency.extend(read_jsonl(path))
     pretrained = (spec.get("model") or {}).get("pretrained") or args.get("pretrained") or (
         efficiency[0].get("model") if efficiency else "") or str(results.get("model_name") or "")
     model_name = (spec.get("model") or {}).get("name") or _model_name(pretrained)
@@ -511,7 +498,7 @@ def _task_outcome(
             problems.append(f"{leaf}: samples file {samples_path.name} missing (run without --log_samples?)")
             leaf_recomputed.append(None)
             continue
-        samples = _read_jsonl(samples_path)
+        samples = read_jsonl(samples_path)
         leaf_sizes.append(len(samples))
         if expected is not None and len(samples) != expected:
             problems.append(f"{leaf}: {len(samples)} samples, results.json counted {expected}")
@@ -600,7 +587,7 @@ def join_samples_and_log(
 def _cell_without_results(cell_dir: Path, cell: dict[str, Any]) -> EvalRun:
     """A runner's cell folder whose lmms-eval run left no results.json (failed, interrupted or running)."""
     spec = cell.get("spec") or {}
-    lines = sum(len(_read_jsonl(p)) for p in cell_dir.rglob("*_efficiency*.jsonl"))
+    lines = sum(len(read_jsonl(p)) for p in cell_dir.rglob("*_efficiency*.jsonl"))
     log = cell_dir / "lmms-eval.log"
     where = f"see {log}" if log.is_file() else "not started"
     state = cell.get("state") or "unknown"
