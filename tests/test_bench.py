@@ -20,28 +20,14 @@ from earlytom_eval.bench import (
 from earlytom_eval.cli import main as cli_main
 from earlytom_eval.config import CompressionConfig
 from earlytom_eval.flops import ModelShapes
-from earlytom_eval.llava_ov import EarlyTomLlavaOnevision
-from earlytom_eval.presets import build_model, build_processor
 from earlytom_eval.video import synthetic_frames
 
 FULL = CompressionConfig(method="full", num_frames=8, name="full")
 EARLYTOM = CompressionConfig(retention=0.25, tau=0.5, prune_layers=(4, 20), inner_layer=12, num_frames=8, name="et")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, two OpenMP threads stall whenever another process
-    holds a core (these tests assert no timing; this only keeps them fast)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def tiny():
-    model = build_model("tiny", seed=0)
-    return EarlyTomLlavaOnevision(model, build_processor("tiny"), FULL)
 
 
 @pytest.fixture(scope="module")

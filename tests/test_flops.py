@@ -44,20 +44,8 @@ def _close(ours: int, measured: int) -> bool:
     return abs(ours - measured) / measured < TOLERANCE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, two OpenMP threads stall whenever another process
-    holds a core (these tests assert no timing; this only keeps them fast)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def tiny():
-    model = build_model("tiny", seed=0)
-    return EarlyTomLlavaOnevision(model, build_processor("tiny"), CompressionConfig(method="full"))
 
 
 def _clip(num_frames: int = 16):
