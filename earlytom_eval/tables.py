@@ -50,6 +50,7 @@ from typing import Any
 
 from . import published as pub
 from .efficiency_log import read_log as read_jsonl
+from .reproduce import CELL_FILE, REPO  # the runner writes the cells this module reads
 
 __all__ = [
     "BenchRun",
@@ -65,8 +66,6 @@ __all__ = [
     "write_tables",
 ]
 
-REPO = Path(__file__).resolve().parents[1]
-CELL_FILE = "cell.json"
 STAGES_MS = (
     "vision_encoder_ms",
     "compression_ms",
