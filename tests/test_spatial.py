@@ -268,10 +268,17 @@ def _three_cluster_frame() -> tuple[torch.Tensor, list[list[int]]]:
 
 
 def _assert_context_token(ctx: torch.Tensor, members: torch.Tensor, beta: float) -> None:
-    """``ctx = beta * centre + (1 - beta) * mean(members)`` for a centre among ``members``."""
-    centre = (ctx - (1.0 - beta) * members.mean(dim=0)) / beta
-    distances = (members - centre).norm(dim=-1)
-    assert float(distances.min()) < 1e-4, distances
+    """``ctx = beta * centre + (1 - beta) * mean(other members)`` for some centre among ``members``.
+
+    The reference (HoliTom / EarlyTom ``merge_tokens_by_clustering``) averages only the members that are not
+    the centre.
+    """
+    errors = []
+    for i in range(members.shape[0]):
+        others = torch.cat([members[:i], members[i + 1 :]])
+        expected = beta * members[i] + (1.0 - beta) * others.mean(dim=0)
+        errors.append(float((ctx - expected).abs().max()))
+    assert min(errors) < 1e-4, errors
 
 
 def test_select_tokens_contextual_tokens_with_D():
@@ -320,6 +327,101 @@ def test_select_tokens_D_zero_has_no_contextual_tokens():
     assert torch.equal(result.tokens, tokens[15:20])
 
 
+def _line_frame(picked: dict[int, float], rest: list[float], frame: float) -> torch.Tensor:
+    """``[S, 2]`` tokens ``(value, frame)``: ``picked`` maps position -> value, the other positions take
+    ``rest`` in ascending order."""
+    size = len(picked) + len(rest)
+    values = iter(rest)
+    column = [picked[q] if q in picked else next(values) for q in range(size)]
+    return torch.tensor([[v, frame] for v in column])
+
+
+# Rest values [0, 1, 2, 10, 11, 12], k = min(K, 2) = 2 (the token itself included): every token's nearest other
+# token is 1 apart (x / sqrt(2) after scaling), so all densities tie; the earlier token counts as denser. delta:
+# token 0 (densest) -> max distance 12; token 3 (value 10) -> 8 (to value 2); all others 1. Centres = top-2
+# delta * density = values 0 and 10; 1, 2 join 0 and 11, 12 join 10. beta = 0.6, members exclude the centre:
+# 0.6 * 0 + 0.4 * 1.5 = 0.6 and 0.6 * 10 + 0.4 * 11.5 = 10.6.
+_REST_A = [0.0, 1.0, 2.0, 10.0, 11.0, 12.0]
+_CONTEXT_A = [0.6, 10.6]
+# Rest values [5, 6, 7, 8, 50, 51]: densities tie again; delta: token 0 -> 46, token 4 (value 50) -> 42, others 1.
+# Centres 5 and 50: 0.6 * 5 + 0.4 * mean(6, 7, 8) = 5.8 and 0.6 * 50 + 0.4 * 51 = 50.4.
+_REST_B = [5.0, 6.0, 7.0, 8.0, 50.0, 51.0]
+_CONTEXT_B = [5.8, 50.4]
+
+
+def test_select_tokens_D_one_dynamic_frame_by_hand():
+    # S = 8, rho' = 0.5 -> n = ceil(4) = 4; D = 0.5 -> round(2) = 2 by attention, 2 contextual (k = min(7, 2)).
+    frame = _line_frame({3: 100.0, 6: 200.0}, _REST_A, 0.0)
+    attention = torch.zeros(1, 8)
+    attention[0, 6], attention[0, 3] = 0.9, 0.8
+    result = select_tokens(frame[None], attention, [(0, 0)], retention=0.5, frames_in=1, D=0.5)
+    assert result.dynamic_count == 4
+    assert result.kept[0].tolist() == [3, 6]
+    expected = torch.tensor([[100.0, 0.0], [200.0, 0.0], [_CONTEXT_A[0], 0.0], [_CONTEXT_A[1], 0.0]])
+    assert torch.allclose(result.tokens, expected, atol=1e-5)
+
+
+def test_select_tokens_D_two_dynamic_frames_by_hand():
+    # The reference's D > 0 path crashes on a segment of two dynamic frames; here each frame is clustered alone.
+    frames = torch.stack(
+        [_line_frame({3: 100.0, 6: 200.0}, _REST_A, 0.0), _line_frame({0: 300.0, 7: 400.0}, _REST_B, 1.0)]
+    )
+    attention = torch.zeros(2, 8)
+    attention[0, [3, 6]] = 1.0
+    attention[1, [0, 7]] = 1.0
+    result = select_tokens(frames, attention, [(0, 1)], retention=0.5, frames_in=2, D=0.5)
+    assert [k.tolist() for k in result.kept] == [[3, 6], [0, 7]]
+    expected = torch.tensor(
+        [
+            [100.0, 0.0], [200.0, 0.0], [_CONTEXT_A[0], 0.0], [_CONTEXT_A[1], 0.0],
+            [300.0, 1.0], [400.0, 1.0], [_CONTEXT_B[0], 1.0], [_CONTEXT_B[1], 1.0],
+        ]
+    )  # fmt: skip
+    assert torch.allclose(result.tokens, expected, atol=1e-5)
+    # Two single-frame segments give the same tokens.
+    split = select_tokens(frames, attention, [(0, 0), (1, 1)], retention=0.5, frames_in=2, D=0.5)
+    assert torch.equal(split.tokens, result.tokens)
+
+
+def test_select_tokens_D_three_frame_segment_layout():
+    # Segment (0, 2): frames 0, 2 dynamic (2 picked + 2 contextual), frame 1 static: round(8 * 0.5) = 4 windows
+    # of 2 tokens, the best of each. Order: frame 0 [picked, contextual], frame 1, frame 2 [picked, contextual].
+    frames = torch.stack(
+        [
+            _line_frame({3: 100.0, 6: 200.0}, _REST_A, 0.0),
+            torch.stack([torch.arange(8.0), torch.ones(8)], dim=-1),
+            _line_frame({0: 300.0, 7: 400.0}, _REST_B, 2.0),
+        ]
+    )
+    attention = torch.zeros(3, 8)
+    attention[0, [3, 6]] = 1.0
+    attention[1, [1, 2, 5, 6]] = 1.0  # windows [0,1], [2,3], [4,5], [6,7] -> 1, 2, 5, 6
+    attention[2, [0, 7]] = 1.0
+    result = select_tokens(frames, attention, [(0, 2)], retention=0.5, frames_in=3, D=0.5)
+    assert [k.tolist() for k in result.kept] == [[3, 6], [1, 2, 5, 6], [0, 7]]
+    expected = torch.tensor(
+        [
+            [100.0, 0.0], [200.0, 0.0], [_CONTEXT_A[0], 0.0], [_CONTEXT_A[1], 0.0],
+            [1.0, 1.0], [2.0, 1.0], [5.0, 1.0], [6.0, 1.0],
+            [300.0, 2.0], [400.0, 2.0], [_CONTEXT_B[0], 2.0], [_CONTEXT_B[1], 2.0],
+        ]
+    )  # fmt: skip
+    assert torch.allclose(result.tokens, expected, atol=1e-5)
+
+
+def test_select_tokens_D_noise_is_seeded():
+    tokens, _ = _three_cluster_frame()
+    features = tokens[None].repeat(2, 1, 1)
+    attention = torch.rand(2, 20, generator=torch.Generator().manual_seed(1))
+    kwargs = dict(retention=0.25, frames_in=2, D=0.6)
+    first = select_tokens(features, attention, [(0, 1)], generator=torch.Generator().manual_seed(5), **kwargs)
+    second = select_tokens(features, attention, [(0, 1)], generator=torch.Generator().manual_seed(5), **kwargs)
+    assert torch.equal(first.tokens, second.tokens)
+    # The 1e-6 noise cannot change these well-separated clusters.
+    plain = select_tokens(features, attention, [(0, 1)], **kwargs)
+    assert torch.allclose(first.tokens, plain.tokens)
+
+
 # --------------------------------------------------------------------------- #
 # dpc_knn_context
 # --------------------------------------------------------------------------- #
@@ -346,10 +448,11 @@ def test_dpc_knn_context_two_clusters():
 
 def test_dpc_knn_context_beta_extremes():
     tokens, a, b = _two_clusters()
-    # beta = 0: the plain cluster means.
+    # beta = 0: the mean of each cluster's members other than its centre (the centre is left out).
     out = dpc_knn_context(tokens, num_clusters=2, k=5, beta=0.0)
-    assert torch.allclose(out[0], a.mean(dim=0), atol=1e-5)
-    assert torch.allclose(out[1], b.mean(dim=0), atol=1e-5)
+    _assert_context_token(out[0], a, beta=0.0)
+    _assert_context_token(out[1], b, beta=0.0)
+    assert not torch.allclose(out[0], a.mean(dim=0), atol=1e-5)  # not the plain cluster mean
     # beta = 1: the centres themselves, which are tokens of each cluster.
     out = dpc_knn_context(tokens, num_clusters=2, k=5, beta=1.0)
     assert float((a - out[0]).norm(dim=-1).min()) < 1e-6
@@ -376,3 +479,27 @@ def test_dpc_knn_context_more_clusters_than_tokens():
     out = dpc_knn_context(tokens, num_clusters=5, k=3, beta=0.6)
     # Each token is its own cluster: beta * x + (1 - beta) * x = x.
     assert torch.allclose(out, tokens)
+
+
+def test_dpc_knn_context_exact_values():
+    tokens = torch.tensor([[v, 0.0] for v in _REST_A])
+    out = dpc_knn_context(tokens, num_clusters=2, k=2, beta=0.6)
+    assert torch.allclose(out, torch.tensor([[_CONTEXT_A[0], 0.0], [_CONTEXT_A[1], 0.0]]), atol=1e-6)
+
+
+def test_dpc_knn_context_token_counts_among_its_own_neighbours():
+    # Values 0, 1, 3 and k = 2 with the token itself: the 2-NN distances are (0, 1), (0, 1), (0, 2); values 0 and 1
+    # tie as densest, value 0 wins (earlier) and is the one centre. Members exclude it: 0.6 * 0 + 0.4 * mean(1, 3).
+    # (Without the token itself value 1 would be densest and the centre.)
+    tokens = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
+    out = dpc_knn_context(tokens, num_clusters=1, k=2, beta=0.6)
+    assert torch.allclose(out, torch.tensor([[0.8, 0.0]]), atol=1e-6)
+
+
+def test_dpc_knn_context_batched_matches_rows():
+    g = torch.Generator().manual_seed(2)
+    tokens = torch.randn(3, 15, 6, generator=g)
+    batched = dpc_knn_context(tokens, num_clusters=4, k=4, beta=0.6)
+    assert batched.shape == (3, 4, 6)
+    for row in range(3):
+        assert torch.allclose(batched[row], dpc_knn_context(tokens[row], num_clusters=4, k=4, beta=0.6), atol=1e-6)

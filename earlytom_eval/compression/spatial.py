@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .dpc import dpc_knn_merge
+
 __all__ = [
     "SpatialSelection",
     "dpc_knn_context",
@@ -114,44 +116,39 @@ def select_static(attention: torch.Tensor, count: int) -> torch.Tensor:
     return grid[None].expand(num_frames, -1, -1).gather(-1, best[..., None]).squeeze(-1)
 
 
-def dpc_knn_context(tokens: torch.Tensor, num_clusters: int, k: int, beta: float) -> torch.Tensor:
-    """Contextual tokens from DPC-KNN clustering (density peaks with k nearest neighbours).
+def dpc_knn_context(
+    tokens: torch.Tensor,
+    num_clusters: int,
+    k: int,
+    beta: float,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Contextual tokens from DPC-KNN clustering (density peaks with k nearest neighbours), as EarlyTom does.
 
-    Density of a token: ``exp(-mean squared distance to its k nearest neighbours)``; its peak distance:
-    distance to the nearest denser token (the densest token gets the largest distance). The
-    ``num_clusters`` tokens with the highest ``density * peak distance`` are centres; every token joins
-    its nearest centre. A contextual token is ``beta * centre + (1 - beta) * mean(members)``.
+    Follows ``merge_tokens_by_attention_frame`` -> ``cluster_dpc_knn`` + ``merge_tokens_by_clustering`` of
+    viridisGreen/EarlyTom @ b90932217325d986d11364c5d31466ab1812caa1, ``earlytom/llava_arch.py`` (the same
+    code as cokeshao/HoliTom @ e9b2972, ``holitom/llava_arch.py``), through :mod:`.dpc`:
+
+    - density of a token: ``exp(-mean squared distance to its k nearest neighbours)``, the token itself
+      counting among them; distances are ``cdist / sqrt(D)`` in float32;
+    - peak distance: distance to the nearest denser token (the densest gets the largest distance); of two
+      equally dense tokens the earlier counts as denser. The reference's ``1e-6 * U(0, 1)`` density noise is
+      added only when ``generator`` is given (None: deterministic);
+    - the ``num_clusters`` tokens with the highest ``density * peak distance`` are centres (earlier token on
+      ties); every other token joins its nearest centre (the first on ties);
+    - a contextual token is ``beta * centre + (1 - beta) * mean(members)``, where the members EXCLUDE the
+      centre, or the centre alone when nothing joined it (reference quirk of ``merge_tokens_by_clustering``).
 
     Args:
-        tokens: ``[M, D]`` tokens to summarise.
+        tokens: ``[M, D]`` (or ``[B, M, D]``, one clustering per row) tokens to summarise.
+        num_clusters: clipped to M; k: neighbourhood size (the caller passes ``min(K, num_clusters)``).
     Returns:
-        ``[num_clusters, D]`` contextual tokens, ordered by their centre's position in ``tokens``.
+        ``[num_clusters, D]`` (or ``[B, num_clusters, D]``) contextual tokens in ``tokens``' dtype, ordered by
+        their centre's position in ``tokens``.
     """
-    count = tokens.shape[0]
-    num_clusters = min(num_clusters, count)
-    if num_clusters == 0:
-        return tokens.new_zeros((0, tokens.shape[1]))
-    x = tokens.float()
-    dist = torch.cdist(x, x) / math.sqrt(x.shape[1])
-    if count > 1:
-        k = max(1, min(k, count - 1))
-        knn = dist.topk(k + 1, dim=-1, largest=False).values[:, 1:]  # drop the distance to itself
-    else:
-        knn = dist
-    # float64 so the deterministic tie-break (instead of the random jitter some implementations add) is
-    # resolvable: among equal densities the earlier token counts as denser.
-    density = torch.exp(-(knn.double() ** 2).mean(dim=-1))
-    density = density + torch.arange(count, 0, -1, device=x.device, dtype=torch.float64) * 1e-12
-    denser = density[None, :] > density[:, None]  # [i, j]: j is denser than i
-    peak = torch.where(denser, dist, torch.full_like(dist, float("inf"))).min(dim=-1).values
-    peak = torch.where(torch.isinf(peak), dist.max(), peak)
-    centres = (density * peak.double()).topk(num_clusters).indices.sort().values
-    assign = dist[:, centres].argmin(dim=-1)
-    assign[centres] = torch.arange(num_clusters, device=x.device)
-    sums = torch.zeros(num_clusters, x.shape[1], device=x.device, dtype=x.dtype).index_add_(0, assign, x)
-    sizes = torch.bincount(assign, minlength=num_clusters).clamp(min=1).to(x.dtype)
-    mixed = beta * x[centres] + (1.0 - beta) * sums / sizes[:, None]
-    return mixed.to(tokens.dtype)
+    merged, _ = dpc_knn_merge(tokens, num_clusters, k, beta, generator=generator)
+    return merged
 
 
 @dataclass(frozen=True)
@@ -184,6 +181,7 @@ def select_tokens(
     D: float = 0.0,
     K: int = 7,
     beta: float = 0.6,
+    generator: torch.Generator | None = None,
 ) -> SpatialSelection:
     """Decoupled spatial selection of one video.
 
@@ -192,12 +190,20 @@ def select_tokens(
         attention: ``[T', S]`` received attention pooled the same way.
         segments: final segments, tiling 0..T'-1.
         retention: target rho; frames_in: T0, the frames that entered the encoder.
-        D, K, beta: DPC-KNN contextual tokens (D = 0: off).
+        D, K, beta: DPC-KNN contextual tokens (D = 0: off); see :func:`dpc_knn_context`.
+        generator: D > 0 only: source of the reference's density noise; None (default) adds none.
 
     Dynamic frames keep ``ceil(S * rho')`` tokens (top by attention; with D > 0 only ``round(n * (1 - D))``
     of them by attention and the rest contextual); static frames keep ``max(1, round(S * rho'))``, the best
     token of each local window. Tokens come out in frame order, which is also the reference's per-segment
     order (first frame, middle frames, last frame).
+
+    D > 0 (EarlyTom ``merge_tokens_by_attention_frame``): each dynamic frame's tokens are its attention picks
+    in raster order, then its ``n - round(n * (1 - D))`` contextual tokens from DPC-KNN of that frame's other
+    tokens (ascending position), ``k = min(K, n_context)``, ordered by centre position. The reference's own
+    D > 0 path crashes for a segment of one or two dynamic frames (``pos.masked_select(mask.unsqueeze(-1))``
+    does not broadcast to the intended shape); here every dynamic frame is clustered on its own, batched
+    over the dynamic frames.
     """
     num_frames, num_tokens, _ = features.shape
     if attention.shape != (num_frames, num_tokens):
@@ -214,10 +220,12 @@ def select_tokens(
     dynamic_idx = (~is_static).nonzero().squeeze(1).to(device)
     kept = torch.empty(num_frames, 0, dtype=torch.long, device=device)
     per_frame: list[torch.Tensor] = [kept[0]] * num_frames
+    dyn_picked = kept[dynamic_idx]
     if dynamic_idx.numel():
-        picked = select_dynamic(attention[dynamic_idx], n_by_attention) if n_by_attention else kept[dynamic_idx]
+        if n_by_attention:
+            dyn_picked = select_dynamic(attention[dynamic_idx], n_by_attention)
         for row, frame in enumerate(dynamic_idx.tolist()):
-            per_frame[frame] = picked[row]
+            per_frame[frame] = dyn_picked[row]
     if static_idx.numel():
         picked = select_static(attention[static_idx], stat_count)
         for row, frame in enumerate(static_idx.tolist()):
@@ -226,14 +234,16 @@ def select_tokens(
     # One gather for every frame's picked tokens, in frame order.
     flat = torch.cat([per_frame[frame] + frame * num_tokens for frame in range(num_frames)])
     tokens = features.reshape(num_frames * num_tokens, -1).index_select(0, flat)
-    if n_context:
-        # Optional path (D > 0): contextual tokens follow each dynamic frame's picked tokens.
+    if n_context and dynamic_idx.numel():
+        # Optional path (D > 0): contextual tokens follow each dynamic frame's picked tokens. Every dynamic
+        # frame has the same number of other tokens, so one batched clustering covers all of them.
+        rest = torch.ones(len(dynamic_idx), num_tokens, dtype=torch.bool, device=device)
+        rest.scatter_(1, dyn_picked, False)
+        others = features[dynamic_idx][rest].view(len(dynamic_idx), num_tokens - n_by_attention, -1)
+        context = dpc_knn_context(others, n_context, min(K, n_context), beta, generator=generator)
         pieces = list(tokens.split([int(p.numel()) for p in per_frame]))
-        for frame in dynamic_idx.tolist():
-            rest = torch.ones(num_tokens, dtype=torch.bool, device=device)
-            rest[per_frame[frame]] = False
-            context = dpc_knn_context(features[frame, rest], n_context, min(K, n_context), beta)
-            pieces[frame] = torch.cat([pieces[frame], context])
+        for row, frame in enumerate(dynamic_idx.tolist()):
+            pieces[frame] = torch.cat([pieces[frame], context[row]])
         tokens = torch.cat(pieces)
     return SpatialSelection(
         tokens=tokens,
