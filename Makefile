@@ -9,15 +9,35 @@ SMOKE_DATA ?= results/smoke-data
 SMOKE_CONFIGS ?= full earlytom_r0.10
 SMOKE_FRAMES ?= 8
 
-.PHONY: install test lint smoke clean
+.PHONY: install lock test lint smoke clean FORCE
+
+# `make install` installs exactly the versions in requirements.lock (made by `make lock` from setup.cfg's
+# ranges with uv); `make install LOCKED=0` installs the newest versions within setup.cfg's ranges instead.
+LOCKED ?= 1
+LOCK := requirements.lock
+# The stamp records how the venv was installed; asking for the other way re-runs the install.
+STAMP_WANTED := $(if $(filter 0 no false,$(LOCKED)),newest,locked)
+STAMP_FOUND := $(shell cat $(VENV)/.installed 2>/dev/null)
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
-	touch $@
+$(VENV)/.installed: setup.cfg pyproject.toml $(LOCK) $(if $(filter-out $(STAMP_WANTED),$(STAMP_FOUND)),FORCE)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+ifeq ($(STAMP_WANTED),locked)
+	$(PY) -m pip install --quiet -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(VENV)/bin/earlytom-eval env --lock-only
+else
+	$(PY) -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]"
+endif
+	echo $(STAMP_WANTED) > $@
+
+# Regenerate the lock from setup.cfg (+ lock-constraints.txt, the lock policy) for Python 3.11 on x86_64 Linux.
+lock: install
+	$(VENV)/bin/uv pip compile setup.cfg --extra dev -c lock-constraints.txt --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --annotation-style line --custom-compile-command "make lock" -o $(LOCK)
+
+FORCE:
 
 test: install
 	$(PY) -m pytest
@@ -27,6 +47,7 @@ lint: install
 
 # lmms-eval exits 0 even when a run fails, so `smoke-check` verifies the output files of every run.
 smoke: install
+	$(VENV)/bin/earlytom-eval env --lmms-only
 	$(VENV)/bin/earlytom-eval checkpoint --preset tiny --out $(SMOKE_OUT)/tiny-ov
 	$(VENV)/bin/earlytom-eval smoke-data --out $(SMOKE_DATA)
 	@set -e; for cfg in $(SMOKE_CONFIGS); do \
@@ -56,6 +77,11 @@ REPRO_ARGS ?=
 REPRO_FLAGS = --grid $(GRID) $(if $(RUNS),--runs $(RUNS)) $(if $(TABLES),--out $(TABLES)) $(if $(GPUS),--gpus $(GPUS)) \
   $(if $(filter 1 yes true,$(FORCE)),--force) $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run) $(REPRO_ARGS)
 
-.PHONY: reproduce-tables
+.PHONY: reproduce-tables example-tables
 reproduce-tables: install
 	$(VENV)/bin/earlytom-eval reproduce $(strip $(REPRO_FLAGS))
+
+# Refresh the committed example tables (results/tables/smoke/) from the CPU smoke grid: the one command
+# that writes into a committed folder, on purpose.
+example-tables: install
+	$(VENV)/bin/earlytom-eval reproduce --grid configs/grids/smoke.yaml --out results/tables/smoke $(REPRO_ARGS)

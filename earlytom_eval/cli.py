@@ -9,6 +9,7 @@ Subcommands:
   flops        count FLOPs per stage for several configs (no weights needed)
   tables       aggregate lmms-eval runs, efficiency logs and bench reports into tables and plots
   reproduce    run every missing cell of an experiment grid, then the tables (make reproduce-tables)
+  env          versions, lock check, GPUs and attention kernels, and whether lmms-eval can run (for bug reports)
 """
 
 from __future__ import annotations
@@ -103,6 +104,22 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_env(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .environment import collect, render
+
+    report = collect(lock_only=args.lock_only, lmms_only=args.lmms_only)
+    if args.json:
+        print(json.dumps({**asdict(report), "ok": report.ok}))
+    elif args.lock_only or args.lmms_only:
+        for problem in report.problems:  # quiet checks: only what is wrong
+            print(f"error: {problem}", file=sys.stderr)
+    else:
+        print(render(report))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .presets import PRESET_NAMES
 
@@ -131,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--backend", default="auto", choices=("auto", "decord", "pyav"), help="video decoder")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     gen.set_defaults(func=_cmd_generate)
+
+    env = sub.add_parser("env", help="versions, lock check, GPUs, attention kernels, lmms-eval check (bug reports)")
+    only = env.add_mutually_exclusive_group()
+    only.add_argument("--lock-only", action="store_true", help="only check the installed versions against the lock")
+    only.add_argument("--lmms-only", action="store_true", help="only check that lmms-eval can run our model")
+    env.add_argument("--json", action="store_true", help="print one JSON object")
+    env.set_defaults(func=_cmd_env)
 
     # Subcommands that live with their feature: each module registers its own parser.
     from . import bench, flops, reproduce, smoke_data, tables

@@ -591,12 +591,47 @@ def count_stage_flops(
 
 
 # ------------------------------------------------------------------ measuring with FlopCounterMode
+#: SDPA kernels whose FLOPs a torch version may not count (torch 2.14.1 counts 0 for the CPU kernel).
+_SDPA_KERNELS = (
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_fused_attention_overrideable",
+)
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args: Any, **kwargs: Any) -> int:
+    """FLOPs of one fused attention call: ``Q K^T`` and ``P V`` as two batched matmuls (2 per multiply-add).
+
+    Shapes ``[B, H, Sq, D]``, ``[B, H_kv, Sk, D]``, ``[B, H_kv, Sk, Dv]``; grouped KV heads are counted per
+    query head, as the matmuls of the unfused computation would be.
+    """
+    *batch, queries, dim = query_shape
+    keys, value_dim = key_shape[-2], value_shape[-1]
+    rows = math.prod(batch) * queries
+    return 2 * rows * keys * dim + 2 * rows * keys * value_dim
+
+
+def attention_flop_counter():
+    """A ``FlopCounterMode`` that counts every fused SDPA kernel as its two matmuls.
+
+    torch's own registrations cover the fused kernels only in some versions and on some devices; with
+    these, the count does not depend on which kernel SDPA dispatched to.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mapping = {getattr(torch.ops.aten, name): _sdpa_flops for name in _SDPA_KERNELS if hasattr(torch.ops.aten, name)}
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
 class StageFlopCounter:
     """A stand-in for :class:`~earlytom_eval.timing.StageTimer` that counts FLOPs per stage instead.
 
     Pass it as ``timer=`` to ``encode_video`` / ``prepare_inputs`` / ``prefill``: each stage runs under its
-    own ``torch.utils.flop_counter.FlopCounterMode``, so the counts are the profiler's, per stage, on the
-    real pipeline. ``flops`` maps stage -> FLOPs.
+    own :func:`attention_flop_counter`, so the counts are the profiler's, per stage, on the real pipeline.
+    ``flops`` maps stage -> FLOPs.
     """
 
     def __init__(self) -> None:
@@ -605,9 +640,7 @@ class StageFlopCounter:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        counter = FlopCounterMode(display=False)
+        counter = attention_flop_counter()
         with counter:
             yield
         self.flops[name] = self.flops.get(name, 0) + int(counter.get_total_flops())

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import CompressionConfig, ConfigError
+from .environment import lmms_eval_problems
 
 __all__ = [
     "BenchCell",
@@ -337,7 +338,7 @@ def load_grid(path: str | Path, runs: str | Path | None = None, tables: str | Pa
     variables = {"REPO": str(REPO), "HF_HOME": str(_hf_home())}
     runs_dir = Path(expand(str(runs or raw.get("runs") or f"results/runs/{name}"), variables)).expanduser().resolve()
     variables["RUNS"] = str(runs_dir)
-    tables_dir = Path(expand(str(tables or raw.get("tables") or f"results/tables/{name}"), variables))
+    tables_dir = Path(expand(str(tables or raw.get("tables") or f"results/runs/{name}-tables"), variables))
     env = {str(k): str(v) for k, v in (expand(raw.get("env") or {}, variables)).items()}
     variables.update({k: v for k, v in env.items() if k not in variables})
     data = expand({k: v for k, v in raw.items() if k not in ("runs", "tables", "env")}, variables)
@@ -580,7 +581,9 @@ def check_missing(grid: Grid, cells: Sequence[Cell]) -> tuple[list[tuple[str, st
         if problem and not allow:
             problems.append(("data", f"{task.key}: {problem}"))
     rest = [t for t in tasks if not t.data]
-    if rest and not allow:
+    lmms_problems = lmms_eval_problems() if eval_cells else []
+    problems += [("lmms-eval", problem) for problem in lmms_problems]
+    if rest and not allow and not lmms_problems:
         try:
             from loguru import logger
 

@@ -1463,7 +1463,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--runs", type=Path, default=Path("results/runs"), help="folder searched for runs (default "
                    "results/runs)")
-    p.add_argument("--out", type=Path, default=Path("results/tables"), help="output folder (default results/tables)")
+    p.add_argument(
+        "--out", type=Path, default=Path("results/runs/tables"), help="output folder (default results/runs/tables, git-ignored)"
+    )
     p.add_argument("--average", nargs="*", default=None, metavar="TASK",
                    help="tasks of the 'Avg' column (default: the paper's four if all present, else every task)")
     p.add_argument("--label", default=None, help="a line printed above every table (e.g. 'CPU smoke run')")

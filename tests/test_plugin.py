@@ -30,9 +30,11 @@ DATA_ENV = (
 
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
-    """No data variables set; HF_HOME an empty folder."""
+    """No data variables set; HF_HOME an empty folder; the smoke data in an empty folder too (its default,
+    results/smoke-data, exists after `make smoke`, and tests must not depend on what commands left behind)."""
     for name in DATA_ENV:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("EARLYTOM_SMOKE_DIR", str(tmp_path / "no-smoke-data"))
     home = tmp_path / "hf_home"
     home.mkdir()
     monkeypatch.setenv("HF_HOME", str(home))
