@@ -8,7 +8,7 @@ Layers (each knows only the one below): ``compression`` (pure tensor functions a
 not import torch, transformers or lmms-eval; they load on first use of the names that need them.
 """
 
-from .config import CompressionConfig, ConfigError, load_config
+from .compression.config import CompressionConfig, ConfigError, load_config
 
 #: The issue and the paper call it EarlyTom's config; it configures every method by name.
 EarlyTomConfig = CompressionConfig
@@ -27,7 +27,7 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in ("load_model", "EarlyTomLlavaOnevision"):
-        from . import llava_ov
+        from .models import llava_ov
 
         return getattr(llava_ov, name)
     raise AttributeError(f"module 'earlytom_eval' has no attribute {name!r}")

@@ -35,7 +35,7 @@ def _parse_assignments(items: Sequence[str]) -> dict[str, str]:
 
 
 def _cmd_checkpoint(args: argparse.Namespace) -> int:
-    from .presets import write_checkpoint
+    from .models.presets import write_checkpoint
 
     out = write_checkpoint(args.preset, args.out, seed=args.seed, dtype=args.dtype)
     print(f"wrote random-initialised '{args.preset}' checkpoint (seed {args.seed}) to {out}")
@@ -43,7 +43,7 @@ def _cmd_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .config import CompressionConfig, load_config
+    from .compression.config import CompressionConfig, load_config
     from .video import load_video
 
     overrides = _parse_assignments(args.set)
@@ -55,7 +55,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     # Cheap checks first: the video must decode before the model loads.
     video = load_video(args.video, cfg.num_frames, backend=args.backend)
 
-    from .llava_ov import load_model
+    from .models.llava_ov import load_model
 
     model = load_model(args.pretrained, cfg, device=args.device, dtype=args.dtype)
     prompt = model.build_prompt(args.question, num_videos=1)
@@ -121,7 +121,7 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .presets import PRESET_NAMES
+    from .models.presets import PRESET_NAMES
 
     parser = argparse.ArgumentParser(prog="earlytom-eval", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     env.set_defaults(func=_cmd_env)
 
     # Subcommands that live with their feature: each module registers its own parser.
-    from . import bench, flops, reproduce, smoke_data, tables
+    from .efficiency import bench, flops
+    from .lmms import smoke_data
+    from .report import tables
+    from .reproduce import runner as reproduce
 
     for module in (smoke_data, bench, flops, tables, reproduce):
         module.add_cli(sub)
@@ -165,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .config import ConfigError
+    from .compression.config import ConfigError
     from .video import VideoLoadError
 
     args = build_parser().parse_args(argv)

@@ -31,7 +31,7 @@ from lmms_eval.tasks.videomme.utils import (
     videomme_process_results,
 )
 
-from earlytom_eval.lmms_plugin import (
+from earlytom_eval.lmms.datasets import (
     DATASETS,
     MissingDataError,
     annotations_file,

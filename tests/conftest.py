@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from earlytom_eval import CompressionConfig
-from earlytom_eval.llava_ov import EarlyTomLlavaOnevision
-from earlytom_eval.presets import build_model, build_processor
+from earlytom_eval.models.llava_ov import EarlyTomLlavaOnevision
+from earlytom_eval.models.presets import build_model, build_processor
 
 
 @pytest.fixture(scope="module")

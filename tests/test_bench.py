@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
-from earlytom_eval.bench import (
+from earlytom_eval.cli import main as cli_main
+from earlytom_eval.compression.config import CompressionConfig
+from earlytom_eval.efficiency.bench import (
     BenchRunner,
     RunRecord,
     _eos_ignored,
@@ -17,9 +19,7 @@ from earlytom_eval.bench import (
     run_order,
     validate_report,
 )
-from earlytom_eval.cli import main as cli_main
-from earlytom_eval.config import CompressionConfig
-from earlytom_eval.flops import ModelShapes
+from earlytom_eval.efficiency.flops import ModelShapes
 from earlytom_eval.video import synthetic_frames
 
 FULL = CompressionConfig(method="full", num_frames=8, name="full")
@@ -120,7 +120,7 @@ def test_separate_profiling_keeps_stage_timers_out_of_the_ttft_runs(tiny, pixels
 
 
 def test_noise_guard_discards_disturbed_runs_and_measures_again(tiny, pixels, monkeypatch):
-    import earlytom_eval.bench as bench
+    import earlytom_eval.efficiency.bench as bench
 
     runner = BenchRunner(tiny, [FULL, EARLYTOM], pixels, tiny.build_prompt("What?"), decode_tokens=0,
                          max_other_cpu=0.1, max_retries=2)

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from earlytom_eval.config import METHODS, CompressionConfig, ConfigError, load_config
+from earlytom_eval.compression.config import METHODS, CompressionConfig, ConfigError, load_config
 
 # --------------------------------------------------------------------------- #
 # defaults

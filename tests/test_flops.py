@@ -15,9 +15,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from earlytom_eval.cli import main as cli_main
+from earlytom_eval.compression.config import CompressionConfig, load_config
 from earlytom_eval.compression.temporal import frame_similarity, plan_temporal_merge
-from earlytom_eval.config import CompressionConfig, load_config
-from earlytom_eval.flops import (
+from earlytom_eval.efficiency.flops import (
     STAGES,
     FrameSchedule,
     ModelShapes,
@@ -38,8 +38,8 @@ from earlytom_eval.flops import (
     vision_encoder_flops,
     visual_token_count,
 )
-from earlytom_eval.llava_ov import EarlyTomLlavaOnevision, received_attention
-from earlytom_eval.presets import build_model, build_processor, preset_config
+from earlytom_eval.models.llava_ov import EarlyTomLlavaOnevision, received_attention
+from earlytom_eval.models.presets import build_model, build_processor, preset_config
 from earlytom_eval.video import synthetic_frames
 
 TOLERANCE = 0.01  # the bar; the counts are in fact exact

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from earlytom_eval import CompressionConfig, ConfigError, llm, load_model
+from earlytom_eval import CompressionConfig, ConfigError, load_model
 from earlytom_eval.compression.inner import (
     InnerMergeDecision,
     inner_keep_count,
@@ -13,8 +13,9 @@ from earlytom_eval.compression.inner import (
     merge_into_kept,
     plan_inner_merge,
 )
-from earlytom_eval.llava_ov import visual_token_mask
-from earlytom_eval.presets import write_checkpoint
+from earlytom_eval.models import llm
+from earlytom_eval.models.llava_ov import visual_token_mask
+from earlytom_eval.models.presets import write_checkpoint
 from earlytom_eval.video import synthetic_frames
 
 K = 18

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from earlytom_eval import CompressionConfig, ConfigError, llm, load_model
+from earlytom_eval import CompressionConfig, ConfigError, load_model
 from earlytom_eval.cli import main as cli_main
-from earlytom_eval.presets import write_checkpoint
+from earlytom_eval.models import llm
+from earlytom_eval.models.presets import write_checkpoint
 from earlytom_eval.video import load_video, synthetic_frames, write_video
 
 FULL = CompressionConfig(method="full")

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from earlytom_eval import ConfigError
-from earlytom_eval.efficiency_log import FIELDS, EfficiencyLog, default_log_path, read_log, summarize
-from earlytom_eval.lmms_plugin import MissingDataError, check_tasks, data_problem, find_video
-from earlytom_eval.smoke_data import SmokeCheckError, check_run, smoke_documents, write_smoke_data
+from earlytom_eval.lmms.datasets import MissingDataError, check_tasks, data_problem, find_video
+from earlytom_eval.lmms.efficiency_log import FIELDS, EfficiencyLog, default_log_path, read_log, summarize
+from earlytom_eval.lmms.smoke_data import SmokeCheckError, check_run, smoke_documents, write_smoke_data
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "tasks"
@@ -43,7 +43,7 @@ def clean_env(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from earlytom_eval.presets import write_checkpoint
+    from earlytom_eval.models.presets import write_checkpoint
 
     return write_checkpoint("tiny", tmp_path_factory.mktemp("ckpt") / "tiny-ov", seed=0)
 
@@ -75,15 +75,16 @@ def test_entry_point_registers_the_model():
     assert points, "run `pip install -e .` so setup.cfg's entry point is installed"
     from lmms_eval.models import get_model
 
-    from earlytom_eval.lmms_model import EarlyTomLlavaOV
+    from earlytom_eval.lmms.model import EarlyTomLlavaOV
 
     assert get_model("earlytom_llava_ov") is EarlyTomLlavaOV
 
 
 def test_package_import_does_not_import_lmms_eval():
     code = (
-        "import sys, earlytom_eval, earlytom_eval.lmms_plugin, earlytom_eval.efficiency_log, "
-        "earlytom_eval.smoke_data; assert 'lmms_eval' not in sys.modules, 'lmms_eval imported'; "
+        "import sys, earlytom_eval, earlytom_eval.lmms.manifest, earlytom_eval.lmms.datasets, "
+        "earlytom_eval.lmms.efficiency_log, earlytom_eval.lmms.smoke_data; "
+        "assert 'lmms_eval' not in sys.modules, 'lmms_eval imported'; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -97,7 +98,7 @@ def test_task_names_resolve(task_manager):
 
 # ---------------------------------------------------------------------------------- model args
 def _model(**kwargs):
-    from earlytom_eval.lmms_model import EarlyTomLlavaOV
+    from earlytom_eval.lmms.model import EarlyTomLlavaOV
 
     return EarlyTomLlavaOV(**kwargs)
 
@@ -124,7 +125,7 @@ def test_bad_model_args_are_one_line_errors(kwargs, message):
 
 
 def test_config_from_path_name_and_overrides():
-    from earlytom_eval.lmms_model import _build_config
+    from earlytom_eval.lmms.model import _build_config
 
     cfg = _build_config("configs/earlytom_r0.10.yaml", {"retention": 0.15, "tau": 0.4, "prune_layers": "8;21;23"}, 16)
     assert (cfg.retention, cfg.tau, cfg.prune_layers, cfg.num_frames) == (0.15, 0.4, (8, 21, 23), 16)
@@ -234,7 +235,7 @@ def test_loglikelihood_and_multi_round_are_not_implemented(wrapper):
 
 
 def test_efficiency_log_location(wrapper, tmp_path):
-    from earlytom_eval.lmms_model import _RunContext
+    from earlytom_eval.lmms.model import _RunContext
 
     saved = (wrapper._run, wrapper._efficiency_arg, wrapper._rank, wrapper._world_size)
     try:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import LlavaOnevisionConfig, LlavaOnevisionImageProcessor
 
-from earlytom_eval.presets import (
+from earlytom_eval.models.presets import (
     HUB_IDS,
     PRESET_MANIFEST,
     PRESET_NAMES,
@@ -19,7 +19,7 @@ from earlytom_eval.presets import (
     preset_config,
     write_checkpoint,
 )
-from earlytom_eval.tokenizer import SPECIAL_TOKENS, build_tokenizer, special_token_ids
+from earlytom_eval.models.tokenizer import SPECIAL_TOKENS, build_tokenizer, special_token_ids
 
 QWEN2_SPECIAL_IDS = {
     "<|endoftext|>": 151643,

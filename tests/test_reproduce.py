@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from earlytom_eval import reproduce
-from earlytom_eval.config import load_config
-from earlytom_eval.reproduce import GridError, load_grid, run_grid
+from earlytom_eval.compression.config import load_config
+from earlytom_eval.reproduce import runner as reproduce
+from earlytom_eval.reproduce.runner import GridError, load_grid, run_grid
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "configs" / "grids" / "paper.yaml"
@@ -151,9 +151,9 @@ if spec["kind"] == "eval":
                                      "model": spec["model"]["pretrained"], "ttft_ms": 10.0 + i,
                                      "peak_memory_kind": "cpu_max_rss"}) + "\n")
 else:
-    from earlytom_eval.bench import RunRecord, build_report
-    from earlytom_eval.config import CompressionConfig
-    from earlytom_eval.flops import ModelShapes
+    from earlytom_eval.efficiency.bench import RunRecord, build_report
+    from earlytom_eval.compression.config import CompressionConfig
+    from earlytom_eval.efficiency.flops import ModelShapes
 
     configs = [CompressionConfig.from_mapping(c["config"]) for c in spec["configs"]]
     records = [RunRecord(phase="timed", round=0, config=c.name, kind="both", ttft_ms=20.0 if c.method == "full"

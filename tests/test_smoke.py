@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from earlytom_eval.efficiency_log import read_log
-from earlytom_eval.smoke_data import check_run
+from earlytom_eval.lmms.efficiency_log import read_log
+from earlytom_eval.lmms.smoke_data import check_run
 
 REPO = Path(__file__).resolve().parents[1]
 LMMS_EVAL = REPO / ".venv" / "bin" / "lmms-eval"

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from earlytom_eval import published
-from earlytom_eval.bench import RunRecord, build_report
 from earlytom_eval.cli import main as cli_main
-from earlytom_eval.config import CompressionConfig
-from earlytom_eval.flops import ModelShapes
-from earlytom_eval.tables import (
+from earlytom_eval.compression.config import CompressionConfig
+from earlytom_eval.efficiency.bench import RunRecord, build_report
+from earlytom_eval.efficiency.flops import ModelShapes
+from earlytom_eval.report import published
+from earlytom_eval.report.tables import (
     METRICS,
     aggregate,
     aggregate_scores,
@@ -310,7 +310,7 @@ def test_outputs_markdown_csv_latex_and_plots(runs, tmp_path, capsys):
 
 
 def test_markdown_and_latex_escape_cells():
-    from earlytom_eval.tables import Table
+    from earlytom_eval.report.tables import Table
 
     table = Table("t", "A_b & c", [], ["x|y", "50%"], [["a_b", "1 & 2"]], align="lr")
     md = markdown_table(table)

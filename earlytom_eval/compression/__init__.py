@@ -1,19 +1,27 @@
 """Token-compression functions: pure tensors and a config, no transformers or lmms-eval imports."""
 
-from .methods import EncoderPlan, LayerOutcome, VideoCompressor, build_compressor, register, registered_methods
-from .spatial import SpatialSelection, select_tokens
-from .temporal import FrameMergePlan, TemporalMergeResult, temporal_merge
+from importlib import import_module
 
-__all__ = [
-    "EncoderPlan",
-    "FrameMergePlan",
-    "LayerOutcome",
-    "SpatialSelection",
-    "TemporalMergeResult",
-    "VideoCompressor",
-    "build_compressor",
-    "register",
-    "registered_methods",
-    "select_tokens",
-    "temporal_merge",
-]
+# Lazy (PEP 562): `import earlytom_eval` imports `compression.config`, which runs this file; the tensor
+# modules below import torch, and importing the package must not.
+_EXPORTS = {
+    "EncoderPlan": "methods",
+    "LayerOutcome": "methods",
+    "VideoCompressor": "methods",
+    "build_compressor": "methods",
+    "register": "methods",
+    "registered_methods": "methods",
+    "SpatialSelection": "spatial",
+    "select_tokens": "spatial",
+    "FrameMergePlan": "temporal",
+    "TemporalMergeResult": "temporal",
+    "temporal_merge": "temporal",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import CompressionConfig
+from .config import CompressionConfig
 from .spatial import SpatialSelection, select_tokens
 from .temporal import FrameMergePlan, coarse_segments, frame_similarity, temporal_merge
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import CompressionConfig
+from ..compression.config import CompressionConfig
 
 __all__ = [
     "ATTENTION_MODES",
@@ -150,7 +150,7 @@ class ModelShapes:
 
     @classmethod
     def from_preset(cls, preset: str) -> ModelShapes:
-        from .presets import preset_config
+        from ..models.presets import preset_config
 
         return cls.from_hf_config(preset_config(preset), name=preset)
 
@@ -240,7 +240,7 @@ def received_attention_flops(shapes: ModelShapes, frames: int) -> int:
 def inner_merge_flops(shapes: ModelShapes, visual_tokens: int, prompt_tokens: int, ratio: float) -> dict[str, int]:
     """Stage 3's own work at layer k: the last prompt token's query (q projection) against the
     layer's ``prompt_tokens`` cached keys, and the cosine similarity of the ``Nv`` visual tokens to the kept ones."""
-    from .compression.inner import inner_keep_count
+    from ..compression.inner import inner_keep_count
 
     keep = inner_keep_count(visual_tokens, ratio)
     q_width = shapes.heads * shapes.head_dim
@@ -257,7 +257,7 @@ def stage3_tokens_per_layer(
     (``Nv - round(Nv (1 - r))`` visual tokens merged away, newline included in the span)."""
     if not config.merges_in_llm:
         return [prompt_tokens] * shapes.layers
-    from .compression.inner import inner_keep_count
+    from ..compression.inner import inner_keep_count
 
     after = prompt_tokens - visual_tokens + inner_keep_count(visual_tokens, config.inner_ratio)
     k = config.inner_layer
@@ -512,7 +512,7 @@ def parse_frames_per_layer(
 
 def visual_token_count(shapes: ModelShapes, config: CompressionConfig, schedule: FrameSchedule) -> int:
     """Visual tokens sent to the LLM (newline included) by the spatial selection for this schedule."""
-    from .compression.spatial import dynamic_token_count, effective_retention, static_token_count
+    from ..compression.spatial import dynamic_token_count, effective_retention, static_token_count
 
     per_frame = shapes.pooled_tokens
     if not config.compresses:
@@ -797,7 +797,7 @@ DEFAULT_QUESTION = "Describe what happens in the video."
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``earlytom-eval flops``."""
-    from .presets import PRESET_NAMES
+    from ..models.presets import PRESET_NAMES
 
     p = subparsers.add_parser(
         "flops",
@@ -912,13 +912,13 @@ def schedule_model(
     """
     import torch
 
-    from .llava_ov import EarlyTomLlavaOnevision, load_model
+    from ..models.llava_ov import EarlyTomLlavaOnevision, load_model
 
     if pretrained:
         return load_model(pretrained, config, device=device, dtype=dtype)
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    from .presets import build_processor, preset_config
+    from ..models.presets import build_processor, preset_config
 
     hf_config = preset_config(preset)
     text = hf_config.text_config
@@ -937,7 +937,7 @@ def schedule_model(
 
 
 def _cmd_flops(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from ..compression.config import load_config
 
     configs = []
     for path in args.configs:
@@ -945,7 +945,7 @@ def _cmd_flops(args: argparse.Namespace) -> int:
         configs.append(load_config(path, **overrides))
     if args.preset:
         shapes = ModelShapes.from_preset(args.preset)
-        from .presets import build_processor
+        from ..models.presets import build_processor
 
         processor = build_processor(args.preset) if args.text_tokens is None else None
     else:

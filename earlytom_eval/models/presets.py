@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from earlytom_eval.dtypes import resolve_dtype
-from earlytom_eval.tokenizer import (
+from ..dtypes import resolve_dtype
+from .tokenizer import (
     CHAT_TEMPLATE,
     EOS_TOKEN,
     IMAGE_TOKEN,

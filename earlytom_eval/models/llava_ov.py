@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..compression import SpatialSelection, VideoCompressor, build_compressor
+from ..compression.config import CompressionConfig, ConfigError, load_config
+from ..compression.temporal import compose_sources
+from ..dtypes import resolve_dtype
+from ..timing import StageTimer
 from . import llm
-from .compression import SpatialSelection, VideoCompressor, build_compressor
-from .compression.temporal import compose_sources
-from .config import CompressionConfig, ConfigError, load_config
-from .dtypes import resolve_dtype
 from .llm import InnerMerge
-from .timing import StageTimer
 
 __all__ = ["EarlyTomLlavaOnevision", "GenerationOutput", "VideoEncoding", "load_model", "received_attention"]
 

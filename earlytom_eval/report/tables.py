@@ -48,9 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..lmms.efficiency_log import read_log as read_jsonl
+from ..reproduce.runner import CELL_FILE, REPO  # the runner writes the cells this module reads
 from . import published as pub
-from .efficiency_log import read_log as read_jsonl
-from .reproduce import CELL_FILE, REPO  # the runner writes the cells this module reads
 
 __all__ = [
     "BenchRun",
@@ -249,7 +249,7 @@ def _parse_model_args(text: str) -> dict[str, str]:
 
 def config_from_model_args(model_args: str) -> dict[str, Any] | None:
     """Rebuild a run's compression config from its ``model_args`` (config file + overrides), or None."""
-    from .config import CompressionConfig, ConfigError, load_config
+    from ..compression.config import CompressionConfig, ConfigError, load_config
 
     args = _parse_model_args(model_args)
     try:
@@ -278,7 +278,7 @@ def _find_config(value: str) -> Path:
 def _fingerprint(config: Mapping[str, Any] | None) -> str | None:
     if not config:
         return None
-    from .config import CompressionConfig, ConfigError
+    from ..compression.config import CompressionConfig, ConfigError
 
     try:
         return CompressionConfig.from_mapping(dict(config)).fingerprint()
@@ -679,7 +679,7 @@ def load_bench_run(path: Path, root: Path | None = None) -> BenchRun | None:
         return None
     problems = []
     try:
-        from .bench import validate_report
+        from ..efficiency.bench import validate_report
 
         validate_report(data)
     except ValueError as err:

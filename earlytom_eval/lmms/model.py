@@ -51,10 +51,11 @@ from lmms_eval.models.model_utils.gen_metrics import log_metrics
 from loguru import logger
 from tqdm import tqdm
 
-from .config import CompressionConfig, ConfigError, load_config, parse_field_value
+from ..compression.config import CompressionConfig, ConfigError, load_config, parse_field_value
+from ..video import BACKENDS, VideoLoadError, load_video
+from .datasets import check_tasks
 from .efficiency_log import EfficiencyLog, default_log_path
-from .lmms_plugin import MODEL_ID, check_tasks
-from .video import BACKENDS, VideoLoadError, load_video
+from .manifest import MODEL_ID
 
 __all__ = ["DEFAULT_PRETRAINED", "EarlyTomLlavaOV", "MODEL_ARGS"]
 
@@ -78,7 +79,7 @@ _OVERRIDABLE = tuple(f for f in CompressionConfig.field_names() if f != "descrip
 _DTYPES = ("auto", "bfloat16", "float16", "float32", "bf16", "fp16", "fp32")
 _ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 _OFF = ("off", "none", "false", "no", "0")
-_REPO_ROOT = Path(__file__).resolve().parents[1]
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class EarlyTomLlavaOV(lmms):
@@ -148,7 +149,7 @@ class EarlyTomLlavaOV(lmms):
             check_tasks(self._run.tasks, self._run.task_manager)
 
         # 3. The model.
-        from .llava_ov import load_model
+        from ..models.llava_ov import load_model
 
         self._et = load_model(
             self.pretrained,

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import CompressionConfig
+from ..compression.config import CompressionConfig
 from .flops import (
     BASIS,
     ModelShapes,
@@ -235,7 +235,7 @@ class BenchRunner:
     def _run(self, index: int, phase: str, round_: int, kind: str) -> RunRecord:
         import torch
 
-        from .timing import StageTimer, synchronize
+        from ..timing import StageTimer, synchronize
 
         model = self.models[index]
         profiled = kind in ("both", "stages")
@@ -587,7 +587,7 @@ def parse_shots(spec: str) -> list[tuple[str, int]]:
 
 def load_clip(args: argparse.Namespace, num_frames: int) -> tuple[Any, dict[str, Any]]:
     """Decode the clip (a file, or a generated one written to a temporary .mp4 and read back)."""
-    from .video import load_video, synthetic_frames, write_video
+    from ..video import load_video, synthetic_frames, write_video
 
     if args.video is not None:
         video = load_video(args.video, num_frames)
@@ -667,7 +667,7 @@ def format_bench_table(report: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------ CLI
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``earlytom-eval bench``."""
-    from .presets import PRESET_NAMES
+    from ..models.presets import PRESET_NAMES
 
     p = subparsers.add_parser(
         "bench",
@@ -726,7 +726,7 @@ def _resolve_torch_dtype(name: str):
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from .config import load_config
+    from ..compression.config import load_config
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -740,14 +740,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     quiet = wait_for_quiet(args.wait_quiet, args.wait_max) if args.wait_quiet is not None else None
     started = time.perf_counter()
     if args.preset:
-        from .llava_ov import EarlyTomLlavaOnevision
-        from .presets import build_model, build_processor
+        from ..models.llava_ov import EarlyTomLlavaOnevision
+        from ..models.presets import build_model, build_processor
 
         hf_model = build_model(args.preset, seed=args.seed, dtype=dtype, device=device)
         model = EarlyTomLlavaOnevision(hf_model, build_processor(args.preset), configs[0])
         source = f"preset '{args.preset}' (seed {args.seed}), {RANDOM_WEIGHTS_NOTE}"
     else:
-        from .llava_ov import load_model
+        from ..models.llava_ov import load_model
 
         model = load_model(args.pretrained, configs[0], device=device, dtype=dtype)
         source = f"checkpoint {args.pretrained}"

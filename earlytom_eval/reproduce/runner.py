@@ -52,8 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import CompressionConfig, ConfigError
-from .environment import lmms_eval_problems
+from ..compression.config import CompressionConfig, ConfigError
+from ..environment import lmms_eval_problems
 
 __all__ = [
     "BenchCell",
@@ -65,7 +65,7 @@ __all__ = [
     "run_grid",
 ]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CELL_FILE = "cell.json"
 MODEL_ID = "earlytom_llava_ov"
 
@@ -384,7 +384,7 @@ def load_grid(path: str | Path, runs: str | Path | None = None, tables: str | Pa
         ratios = tuple(round(float(r), 4) for r in entry.get("ratios") or [])
         if base != "full" and not ratios:
             raise GridError(f"{path}: method {key} needs 'ratios'")
-        from .tables import METHOD_LABELS
+        from ..report.tables import METHOD_LABELS
 
         methods.append(MethodSpec(key=key, label=str(entry.get("label") or METHOD_LABELS.get(key, key)), base=base,
                                   ratios=ratios, overrides=tuple((entry.get("overrides") or {}).items())))
@@ -459,13 +459,13 @@ def cell_status(cell: Cell) -> tuple[str, str]:
 
 def _cell_problems(cell: Cell) -> list[str]:
     if isinstance(cell, EvalCell):
-        from .tables import eval_cell_problems
+        from ..report.tables import eval_cell_problems
 
         return eval_cell_problems(cell.folder, cell.spec())
     path = cell.folder / "bench.json"
     if not path.is_file():
         return ["no bench.json"]
-    from .tables import load_bench_run
+    from ..report.tables import load_bench_run
 
     run = load_bench_run(path, cell.folder)
     if run is None:
@@ -533,7 +533,7 @@ def _offline() -> bool:
 
 
 def _first_dataset_video(key: str) -> Path | None:
-    from .lmms_plugin import DATASETS, VIDEO_SUFFIXES, data_root
+    from ..lmms.datasets import DATASETS, VIDEO_SUFFIXES, data_root
 
     spec = DATASETS.get(key)
     if spec is None:
@@ -557,7 +557,7 @@ def _name_task(problem: str, tasks: Sequence[TaskSpec]) -> str:
 
 def check_missing(grid: Grid, cells: Sequence[Cell]) -> tuple[list[tuple[str, str]], list[str]]:
     """Everything the cells to run need that is not there: ``([(what, message)], notes)``. Nothing runs."""
-    from .lmms_plugin import MissingDataError, data_problem, downloads_allowed
+    from ..lmms.datasets import MissingDataError, data_problem, downloads_allowed
 
     problems: list[tuple[str, str]] = []
     notes: list[str] = []
@@ -590,7 +590,7 @@ def check_missing(grid: Grid, cells: Sequence[Cell]) -> tuple[list[tuple[str, st
             logger.disable("lmms_eval")
             from lmms_eval.tasks import TaskManager
 
-            from .lmms_plugin import check_tasks
+            from ..lmms.datasets import check_tasks
 
             manager = TaskManager(include_path=str(REPO / "tasks"))
             unknown = [t.lmms_task for t in rest if t.lmms_task not in manager.task_index]
@@ -917,7 +917,7 @@ def prepare_inputs(grid: Grid, out: Any = sys.stdout) -> None:
     if ckpt:
         folder = Path(ckpt["out"])
         if not (folder / "config.json").is_file() or not list(folder.glob("*.safetensors")):
-            from .presets import write_checkpoint
+            from ..models.presets import write_checkpoint
 
             write_checkpoint(ckpt["preset"], folder, seed=int(ckpt.get("seed", 0)), dtype=ckpt.get("dtype"))
             print(f"prepared: random-initialised '{ckpt['preset']}' checkpoint in {folder}", file=out)
@@ -925,7 +925,7 @@ def prepare_inputs(grid: Grid, out: Any = sys.stdout) -> None:
     if smoke:
         folder = Path(smoke["out"])
         if not (folder / "earlytom_smoke.jsonl").is_file():
-            from .smoke_data import write_smoke_data
+            from ..lmms.smoke_data import write_smoke_data
 
             write_smoke_data(folder, seed=int(smoke.get("seed", 0)))
             print(f"prepared: smoke data in {folder}", file=out)
@@ -1041,7 +1041,7 @@ def _run_grid(grid: Grid, *, force: bool, only: Sequence[str], dry_run: bool, ta
 
 
 def write_grid_tables(grid: Grid, out: Any = sys.stdout) -> Path:
-    from .tables import aggregate, write_tables
+    from ..report.tables import aggregate, write_tables
 
     expected = [c.expected() for c in grid.eval_cells()]
     result = aggregate(grid.runs, expected=expected, average=grid.average or None, label=grid.label or None)

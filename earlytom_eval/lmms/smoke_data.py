@@ -132,7 +132,7 @@ def write_smoke_data(out_dir: str | Path, seed: int = 0) -> Path:
     Deterministic for a seed. The corrupt clip is a real clip cut to its first 300 bytes; the missing
     clip's file is removed if an earlier run left one.
     """
-    from .video import synthetic_frames, write_video
+    from ..video import synthetic_frames, write_video
 
     out = Path(out_dir)
     videos = out / "data"

@@ -2,7 +2,7 @@
 
 lmms-eval imports this module at start-up, through the ``lmms_eval.models`` entry point declared in
 ``setup.cfg``; :func:`manifests` then tells it that ``--model earlytom_llava_ov`` is
-:class:`earlytom_eval.lmms_model.EarlyTomLlavaOV`. Nothing here imports torch, transformers or
+:class:`earlytom_eval.lmms.model.EarlyTomLlavaOV`. Nothing here imports torch, transformers or
 lmms-eval at import time.
 
 The rest of the module is the single source of truth for the data the plugin's tasks (``tasks/``) read,
@@ -31,7 +31,6 @@ from typing import Any
 
 __all__ = [
     "DATASETS",
-    "MODEL_ID",
     "MissingDataError",
     "VIDEO_SUFFIXES",
     "VideoData",
@@ -41,21 +40,11 @@ __all__ = [
     "downloads_allowed",
     "find_video",
     "hf_home",
-    "manifests",
 ]
 
-MODEL_ID = "earlytom_llava_ov"
-MODEL_CLASS_PATH = "earlytom_eval.lmms_model.EarlyTomLlavaOV"
 VIDEO_SUFFIXES = (".mp4", ".MP4", ".mkv", ".webm", ".avi", ".mov")
 ALLOW_DOWNLOAD_ENV = "EARLYTOM_ALLOW_DOWNLOAD"
 SMOKE_JSONL = "earlytom_smoke.jsonl"
-
-
-def manifests() -> list[Any]:
-    """The ``lmms_eval.models`` entry point: registers ``earlytom_llava_ov`` with lmms-eval."""
-    from lmms_eval.models.registry_v2 import ModelManifest
-
-    return [ModelManifest(model_id=MODEL_ID, simple_class_path=MODEL_CLASS_PATH)]
 
 
 class MissingDataError(SystemExit):
@@ -151,7 +140,7 @@ def downloads_allowed() -> bool:
 
 def default_smoke_dir(tasks_dir: str | Path | None = None) -> Path:
     """``<repo>/results/smoke-data``: next to the ``tasks/`` folder of the checkout."""
-    tasks_dir = Path(tasks_dir) if tasks_dir is not None else Path(__file__).resolve().parents[1] / "tasks"
+    tasks_dir = Path(tasks_dir) if tasks_dir is not None else Path(__file__).resolve().parents[2] / "tasks"
     return tasks_dir.resolve().parent / "results" / "smoke-data"
 
 

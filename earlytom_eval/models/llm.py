@@ -18,14 +18,14 @@ from typing import Any
 
 import torch
 
-from .compression.inner import (
+from ..compression.inner import (
     InnerMergeDecision,
     inner_keep_count,
     last_query_attention,
     merge_into_kept,
     plan_inner_merge,
 )
-from .timing import StageTimer
+from ..timing import StageTimer
 
 __all__ = ["InnerMerge", "LayerGroup", "LlmState", "decode_step", "prefill"]
 
