@@ -1,11 +1,9 @@
 """earlytom-eval: EarlyTom visual-token compression inside LLaVA-OneVision's vision encoder.
 
-    from earlytom_eval import load_model, CompressionConfig
-    model = load_model("llava-hf/llava-onevision-qwen2-7b-ov-hf", config=CompressionConfig(retention=0.1))
-
-Layers (each knows only the one below): ``compression`` (pure tensor functions and a config),
-``llava_ov`` (transformers' LLaVA-OneVision), and the lmms-eval wrapper. Importing this package does
-not import torch, transformers or lmms-eval; they load on first use of the names that need them.
+The package is laid out by layer (``CONTRIBUTING.md``): ``compression`` (pure tensor functions and their
+config), ``models`` (transformers' LLaVA-OneVision), ``efficiency``, ``lmms`` (the lmms-eval glue), ``report``,
+``reproduce`` and the command line. Importing it imports neither torch, transformers, lmms-eval nor matplotlib;
+:func:`load_model` and :class:`EarlyTomLlavaOnevision` load them on first use.
 """
 
 from .compression.config import CompressionConfig, ConfigError, load_config
@@ -27,7 +25,7 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in ("load_model", "EarlyTomLlavaOnevision"):
-        from .models import llava_ov
+        from .models import llava_ov  # lazy: it imports torch, and importing the package must not
 
         return getattr(llava_ov, name)
     raise AttributeError(f"module 'earlytom_eval' has no attribute {name!r}")

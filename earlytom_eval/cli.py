@@ -1,27 +1,41 @@
 """The ``earlytom-eval`` command line.
 
-Subcommands:
-  checkpoint   write a random-initialised LLaVA-OneVision checkpoint for a preset (offline)
-  generate     answer a question about a video with a compression config, print the token budget
-  smoke-data   write the tiny synthetic clips and questions of the earlytom_smoke task
-  smoke-check  check that smoke runs produced agreeing results, samples and efficiency logs
-  bench        time TTFT per stage for several configs in one interleaved run
-  flops        count FLOPs per stage for several configs (no weights needed)
-  tables       aggregate lmms-eval runs, efficiency logs and bench reports into tables and plots
-  reproduce    run every missing cell of an experiment grid, then the tables (make reproduce-tables)
-  env          versions, lock check, GPUs and attention kernels, and whether lmms-eval can run (for bug reports)
+The only place that parses arguments: each subcommand's handler turns its arguments into explicit parameters
+and typed objects for the library and prints the result. The modules behind ``bench``, ``flops``, ``tables``
+and ``reproduce`` import torch, pandas, matplotlib or lmms-eval, so their handlers import them when they run:
+quick commands (``env``, run by ``make install``; ``smoke-check``) stay quick.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+from .compression.config import CompressionConfig, ConfigError, load_config
+from .dtypes import resolve_dtype
+from .efficiency.clip import ClipSpec
+from .efficiency.schema import ATTENTION_MODES, BASIS
+from .environment import collect, render
+from .lmms.manifest import MODEL_ID
+from .lmms.smoke_data import SMOKE_TASK, SmokeCheckError, check_run, smoke_documents, write_smoke_data
+from .models.llava_ov import load_model
+from .models.presets import PRESET_NAMES, write_checkpoint
+from .video import VideoLoadError, load_video
+
+__all__ = ["build_parser", "main"]
+
+DEFAULT_QUESTION = "Describe what happens in the video."
+
+
+def _command_line() -> str:
+    """How the running command was typed, for the reports that record it."""
+    return " ".join(["earlytom-eval", *sys.argv[1:]]) if sys.argv else ""
 
 
 def _parse_assignments(items: Sequence[str]) -> dict[str, str]:
@@ -34,18 +48,34 @@ def _parse_assignments(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _cmd_checkpoint(args: argparse.Namespace) -> int:
-    from .models.presets import write_checkpoint
+def _dtype(name: str) -> Any:
+    try:
+        return resolve_dtype(name)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
 
+
+def _clip(args: argparse.Namespace) -> ClipSpec | None:
+    """The ``--video`` / ``--synthetic`` options of ``bench`` and ``flops`` (None when neither is given)."""
+    if args.video is None and args.synthetic is None:
+        return None
+    return ClipSpec(video=args.video, synthetic=args.synthetic, size=args.synthetic_size, seed=args.synthetic_seed,
+                    fps=args.synthetic_fps)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------ model
+def _cmd_checkpoint(args: argparse.Namespace) -> int:
     out = write_checkpoint(args.preset, args.out, seed=args.seed, dtype=args.dtype)
     print(f"wrote random-initialised '{args.preset}' checkpoint (seed {args.seed}) to {out}")
     return 0
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .compression.config import CompressionConfig, load_config
-    from .video import load_video
-
     overrides = _parse_assignments(args.set)
     cfg = load_config(args.config) if args.config else CompressionConfig()
     if args.frames is not None:
@@ -54,9 +84,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     # Cheap checks first: the video must decode before the model loads.
     video = load_video(args.video, cfg.num_frames, backend=args.backend)
-
-    from .models.llava_ov import load_model
-
     model = load_model(args.pretrained, cfg, device=args.device, dtype=args.dtype)
     prompt = model.build_prompt(args.question, num_videos=1)
     result = model.generate([prompt], [[video.frames]], max_new_tokens=args.max_new_tokens)[0]
@@ -104,12 +131,137 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ lmms-eval
+def _cmd_smoke_data(args: argparse.Namespace) -> int:
+    jsonl = write_smoke_data(args.out, seed=args.seed)
+    docs = smoke_documents()
+    print(f"wrote {len(docs)} smoke documents to {jsonl} and their clips to {jsonl.parent / 'data'}")
+    print(
+        f"the earlytom_smoke task reads $EARLYTOM_SMOKE_DIR (default results/smoke-data beside tasks/): "
+        f"export EARLYTOM_SMOKE_DIR={jsonl.parent.resolve()}"
+    )
+    return 0
+
+
+def _cmd_smoke_check(args: argparse.Namespace) -> int:
+    failed = False
+    for run_dir in args.run_dirs:
+        try:
+            summary = check_run(run_dir, task=args.task, expected_docs=args.expect_docs)
+        except (SmokeCheckError, OSError, ValueError, KeyError) as err:
+            print(f"FAIL {run_dir}: {err}")
+            failed = True
+            continue
+        ttft = f"{summary['avg_ttft_ms']:.1f} ms" if summary["avg_ttft_ms"] is not None else "n/a"
+        print(
+            f"ok   {run_dir}: score {summary['score']:.2f}, {summary['docs']} docs "
+            f"({summary['errors']} with data errors), avg TTFT {ttft}, config {summary['config_hash']}"
+        )
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------------------------ efficiency
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .efficiency.bench import BenchOptions, run_bench  # lazy: torch, transformers, the whole pipeline
+    from .efficiency.bench_report import format_bench_table
+
+    configs = tuple(load_config(path) for path in args.configs)
+    _dtype(args.dtype)  # a bad name fails before anything loads
+    options = BenchOptions(
+        configs=configs, clip=_clip(args), preset=args.preset,
+        pretrained=args.pretrained, frames=args.frames, device=args.device, dtype=args.dtype, seed=args.seed,
+        warmup=args.warmup, repeats=args.repeats, decode_tokens=args.decode_tokens, profile=args.profile,
+        question=args.question, attention=args.attention, wait_quiet=args.wait_quiet, wait_max=args.wait_max,
+        threads=args.threads, max_other_cpu=args.max_other_cpu, max_retries=args.max_retries,
+        idle_wait_s=args.idle_wait,
+    )
+    report = run_bench(options, command=_command_line())
+    print(format_bench_table(report))
+    if args.json:
+        _write_json(args.json, report)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_flops(args: argparse.Namespace) -> int:
+    # Lazy: the FLOP accounting imports transformers' configs and the presets.
+    from .efficiency.flops import ModelShapes
+    from .efficiency.flops_report import flops_report, prompt_text_tokens
+    from .efficiency.schedules import schedules_for
+
+    overrides = {"num_frames": args.frames} if args.frames is not None else {}
+    configs = [load_config(path, **overrides) for path in args.configs]
+    shapes = ModelShapes.from_preset(args.preset) if args.preset else ModelShapes.from_pretrained(args.pretrained)
+    for cfg in configs:
+        cfg.check_encoder_depth(shapes.vision_layers)
+    text_tokens = args.text_tokens
+    if text_tokens is None:
+        text_tokens = prompt_text_tokens(args.question, preset=args.preset, pretrained=args.pretrained)
+    given: dict[str | None, str] = {}
+    for item in args.frames_per_layer:
+        name, sep, counts = item.partition("=")
+        given[name.strip() if sep else None] = counts if sep else name
+    measured = {}
+    clip = _clip(args)
+    if clip is not None:
+        from .efficiency.measure import measure_schedules  # lazy: builds a model, only with a clip
+
+        measured = measure_schedules(configs, clip, preset=args.preset, pretrained=args.pretrained,
+                                     device=args.device, dtype=args.dtype, seed=args.seed)
+    schedules = schedules_for(configs, shapes.vision_layers, given, measured)
+    source = f"preset {args.preset}" if args.preset else str(args.pretrained)
+    text, report = flops_report(shapes, configs, schedules, text_tokens, attention=args.attention, source=source,
+                                command=_command_line())
+    print(text)
+    if args.json:
+        _write_json(args.json, report)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ report
+def _cmd_tables(args: argparse.Namespace) -> int:
+    from .report.render import write_tables  # lazy: pandas and matplotlib
+    from .report.tables import aggregate
+
+    if not args.runs.is_dir():
+        print(f"error: runs folder {args.runs} does not exist", file=sys.stderr)
+        return 2
+    result = aggregate(args.runs, average=args.average or None, label=args.label)
+    write_tables(result, args.out, plots=not args.no_plots, title=args.title)
+    summary = Path(args.out) / "tables.md"
+    if args.print:
+        print(summary.read_text())
+    else:
+        print(f"wrote {summary} and every table as .md/.csv/.tex" + (" + PNG plots" if result.plots else ""))
+    for problem in result.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    conflicts = [c for c in result.cells if c.status == "conflict"]
+    if conflicts:
+        print(f"error: {len(conflicts)} cell(s) have runs that disagree (not mixed); see {args.out}/cells.md",
+              file=sys.stderr)
+        return 1
+    return 1 if args.strict and result.problems else 0
+
+
+# ------------------------------------------------------------------------------------ reproduce
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce.grid import GridError, load_grid  # lazy: the runner, the checks and the tables
+    from .reproduce.runner import run_grid, write_grid_tables
+
+    try:
+        grid = load_grid(args.grid, runs=args.runs, tables=args.out, gpus=args.gpus, environ=os.environ)
+    except GridError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.tables_only:
+        write_grid_tables(grid)
+        return 0
+    return run_grid(grid, force=args.force, only=args.only or (), dry_run=args.dry_run, tables=not args.no_tables)
+
+
 def _cmd_env(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-    from .environment import collect, render
-
-    report = collect(lock_only=args.lock_only, lmms_only=args.lmms_only)
+    report = collect(MODEL_ID, lock_only=args.lock_only, lmms_only=args.lmms_only)
     if args.json:
         print(json.dumps({**asdict(report), "ok": report.ok}))
     elif args.lock_only or args.lmms_only:
@@ -120,12 +272,23 @@ def _cmd_env(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .models.presets import PRESET_NAMES
+# ------------------------------------------------------------------------------------ parser
+def _add_model_source(p: argparse.ArgumentParser, preset_help: str, pretrained_help: str) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", choices=PRESET_NAMES, help=preset_help)
+    src.add_argument("--pretrained", help=pretrained_help)
 
-    parser = argparse.ArgumentParser(prog="earlytom-eval", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
 
+def _add_clip(p: argparse.ArgumentParser, video_help: str, synthetic_help: str, required: bool) -> None:
+    clip = p.add_mutually_exclusive_group(required=required)
+    clip.add_argument("--video", type=Path, help=video_help)
+    clip.add_argument("--synthetic", metavar="SHOTS", help=synthetic_help)
+    p.add_argument("--synthetic-size", default="240x320", help="HxW of the generated clip (default 240x320)")
+    p.add_argument("--synthetic-seed", type=int, default=0)
+    p.add_argument("--synthetic-fps", type=float, default=8.0)
+
+
+def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     ckpt = sub.add_parser("checkpoint", help="write a random-initialised checkpoint for a preset (no download)")
     ckpt.add_argument("--preset", required=True, choices=PRESET_NAMES)
     ckpt.add_argument("--out", required=True, type=Path, help="output directory")
@@ -149,6 +312,135 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     gen.set_defaults(func=_cmd_generate)
 
+
+def _add_lmms_commands(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser(
+        "smoke-data", help="write the offline earlytom_smoke task data (synthetic clips + VideoMME-format JSONL)"
+    )
+    data.add_argument("--out", required=True, type=Path, help="output folder (the task's default: results/smoke-data)")
+    data.add_argument("--seed", type=int, default=0, help="clips are reproducible for a seed (default 0)")
+    data.set_defaults(func=_cmd_smoke_data)
+
+    check = sub.add_parser(
+        "smoke-check", help="check lmms-eval output folders: results, samples and efficiency log exist and agree"
+    )
+    check.add_argument("run_dirs", nargs="+", type=Path, help="lmms-eval --output_path folders")
+    check.add_argument("--task", default=SMOKE_TASK, help=f"task name (default {SMOKE_TASK})")
+    check.add_argument("--expect-docs", type=int, default=None, help="number of documents each run must have")
+    check.set_defaults(func=_cmd_smoke_check)
+
+
+def _add_efficiency_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="TTFT benchmark with stage breakdown, FLOPs, peak memory and decode throughput",
+        description="The TTFT benchmark: ``earlytom-eval bench``. All configs are measured in one run, interleaved.",
+    )
+    _add_model_source(p, "random-initialised weights of the real shapes, built in memory on the device",
+                      "a real checkpoint (hub id or local directory)")
+    _add_clip(p, "the clip", "generate a clip with known structure, e.g. static:24,motion:16,static:24", True)
+    p.add_argument("--frames", type=int, default=None, help="frames sampled (default: the first config's num_frames)")
+    p.add_argument("--configs", nargs="+", required=True, type=Path, help="compression config YAMLs")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--dtype", default="bfloat16", help="bfloat16 | float16 | float32 (default bfloat16)")
+    p.add_argument("--seed", type=int, default=0, help="preset weights seed (default 0)")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up rounds, excluded (default 2)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
+    p.add_argument("--decode-tokens", type=int, default=32,
+                   help="greedy tokens decoded after the first, for throughput (default 32; 0 = skip)")
+    p.add_argument("--profile", choices=("auto", "inline", "separate"), default="auto",
+                   help="stage timing inside the TTFT runs (inline) or in extra runs (separate); "
+                   "auto: inline on CPU, separate on GPU")
+    p.add_argument("--question", default=DEFAULT_QUESTION)
+    p.add_argument("--attention", choices=ATTENTION_MODES, default="square",
+                   help="how LLM attention FLOPs are counted (default square, FlopCounterMode's basis)")
+    p.add_argument("--wait-quiet", type=float, default=None, metavar="LOAD",
+                   help="before measuring, wait until the 1-minute load average is below LOAD")
+    p.add_argument("--wait-max", type=float, default=1200.0, help="longest wait for --wait-quiet, s (default 1200)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--max-other-cpu", type=float, default=None, metavar="SHARE",
+                   help="noise guard for shared machines: redo a run when other processes used more than SHARE (0-1) "
+                   "of the machine's CPU during it, after waiting for the machine to be idle")
+    p.add_argument("--max-retries", type=int, default=3, help="noise guard: re-measurements per run (default 3)")
+    p.add_argument("--idle-wait", type=float, default=600.0,
+                   help="noise guard: longest wait for an idle machine before a re-measurement, s (default 600)")
+    p.add_argument("--json", type=Path, help="write the report as JSON to this path")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser(
+        "flops",
+        help="FLOPs per stage for each config (no GPU, no weights)",
+        description="FLOPs per pipeline stage for each compression config, from the model's shapes. " + BASIS + ".",
+    )
+    _add_model_source(p, "shapes of a preset (no weights needed)",
+                      "shapes from a checkpoint's config.json (hub id or directory)")
+    p.add_argument("--configs", nargs="+", required=True, type=Path, help="compression config YAMLs")
+    p.add_argument("--frames", type=int, default=None, help="frames per video (default: each config's num_frames)")
+    _add_clip(
+        p,
+        "measure each EarlyTom config's frame schedule on this clip by running the vision encoder "
+        "(the preset's random-initialised SigLIP, or the checkpoint's); minutes on CPU for 32 frames",
+        "as --video, on a generated clip, e.g. static:24,motion:16,static:24",
+        False,
+    )
+    p.add_argument(
+        "--frames-per-layer", action="append", default=[], metavar="[CONFIG=]COUNTS",
+        help="explicit schedule: counts per encoder layer (32x11,20x11,12x2,8x2) or frames after each prune "
+        "layer (20,12,8); prefix CONFIG= to give one config its own",
+    )
+    p.add_argument("--question", default=DEFAULT_QUESTION, help="prompt text (sets the text token count)")
+    p.add_argument("--text-tokens", type=int, default=None, help="text tokens around the video (overrides --question)")
+    p.add_argument("--attention", choices=ATTENTION_MODES, default="square",
+                   help="LLM prefill attention counted as a full square (default, FlopCounterMode's basis) or causal")
+    p.add_argument("--device", default="cpu", help="device for --video (default cpu)")
+    p.add_argument("--dtype", default="bfloat16", help="dtype for --video (default bfloat16)")
+    p.add_argument("--seed", type=int, default=0, help="preset weights seed for --video (default 0)")
+    p.add_argument("--json", type=Path, help="also write the results as JSON to this path")
+    p.set_defaults(func=_cmd_flops)
+
+
+def _add_report_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tables",
+        help="aggregate lmms-eval runs and bench reports into accuracy / TTFT / FLOP tables and plots",
+        description="Aggregate existing runs (nothing is run): lmms-eval results.json + samples + the "
+        "per-sample efficiency log, joined by (task, doc_id), and `earlytom-eval bench` reports, into "
+        "Markdown, CSV and LaTeX tables and PNG plots.",
+    )
+    p.add_argument("--runs", type=Path, default=Path("results/runs"), help="folder searched for runs (default "
+                   "results/runs)")
+    p.add_argument("--out", type=Path, default=Path("results/runs/tables"),
+                   help="output folder (default results/runs/tables, git-ignored)")
+    p.add_argument("--average", nargs="*", default=None, metavar="TASK",
+                   help="tasks of the 'Avg' column (default: the paper's four if all present, else every task)")
+    p.add_argument("--label", default=None, help="a line printed above every table (e.g. 'CPU smoke run')")
+    p.add_argument("--title", default="Tables", help="title of tables.md")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--print", action="store_true", help="print tables.md")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any cell is incomplete")
+    p.set_defaults(func=_cmd_tables)
+
+    p = sub.add_parser(
+        "reproduce",
+        help="run every incomplete cell of an experiment grid (lmms-eval + TTFT bench), then the tables",
+        description="Run the cells of an experiment grid that have no complete result yet (lmms-eval for accuracy "
+        "and the per-sample efficiency log, `earlytom-eval bench` for TTFT and FLOPs), then write the tables and "
+        "plots. Finished cells are kept; an interrupted run resumes; missing weights/data are listed up front.",
+    )
+    p.add_argument("--grid", type=Path, default=Path("configs/grids/paper.yaml"), help="grid file")
+    p.add_argument("--runs", default=None, help="runs folder (default: the grid's `runs`)")
+    p.add_argument("--out", default=None, help="tables folder (default: the grid's `tables`)")
+    p.add_argument("--gpus", default=None, help="data-parallel processes for lmms-eval: N or auto (default: grid's)")
+    p.add_argument("--force", action="store_true", help="run cells again even if complete")
+    p.add_argument("--only", nargs="*", metavar="PATTERN",
+                   help="only cells whose id (model/task/config, model/bench/settings) matches")
+    p.add_argument("--dry-run", action="store_true", help="show the plan, the missing pieces and the commands only")
+    p.add_argument("--no-tables", action="store_true", help="do not write tables at the end")
+    p.add_argument("--tables-only", action="store_true", help="only aggregate the grid's runs into tables")
+    p.set_defaults(func=_cmd_reproduce)
+
+
+def _add_env_command(sub: argparse._SubParsersAction) -> None:
     env = sub.add_parser("env", help="versions, lock check, GPUs, attention kernels, lmms-eval check (bug reports)")
     only = env.add_mutually_exclusive_group()
     only.add_argument("--lock-only", action="store_true", help="only check the installed versions against the lock")
@@ -156,21 +448,19 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--json", action="store_true", help="print one JSON object")
     env.set_defaults(func=_cmd_env)
 
-    # Subcommands that live with their feature: each module registers its own parser.
-    from .efficiency import bench, flops
-    from .lmms import smoke_data
-    from .report import tables
-    from .reproduce import runner as reproduce
 
-    for module in (smoke_data, bench, flops, tables, reproduce):
-        module.add_cli(sub)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="earlytom-eval", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_model_commands(sub)
+    _add_env_command(sub)
+    _add_lmms_commands(sub)
+    _add_efficiency_commands(sub)
+    _add_report_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .compression.config import ConfigError
-    from .video import VideoLoadError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

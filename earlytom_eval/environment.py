@@ -38,7 +38,6 @@ REPORTED_PACKAGES = (
     ("filelock", "filelock"),
     ("earlytom-eval", "earlytom-eval"),
 )
-MODEL_ID = "earlytom_llava_ov"
 
 
 def _normalise(name: str) -> str:
@@ -96,8 +95,8 @@ def _installed_for(lock: Mapping[str, str]) -> dict[str, str | None]:
     return {name: found.get(name) for name in lock}
 
 
-def lmms_eval_problems() -> list[str]:
-    """Why lmms-eval cannot run ``--model earlytom_llava_ov`` (empty when it can).
+def lmms_eval_problems(model_id: str) -> list[str]:
+    """Why lmms-eval cannot run ``--model <model_id>`` (empty when it can).
 
     Imports lmms-eval's evaluator and runs the set-up every evaluation starts with (where a broken
     dependency shows, e.g. filelock 4 without ``filelock._api``), then resolves the model through
@@ -117,13 +116,14 @@ def lmms_eval_problems() -> list[str]:
             fix = f"filelock {filelock} dropped filelock._api, which lmms-eval 0.7.3 imports: pip install 'filelock<4'"
         return [f"lmms-eval cannot import its evaluator ({reason}): {fix}"]
     try:
+        # Lazy: a probe; the report must come out even when lmms-eval is missing or broken.
         from lmms_eval.models import get_model
 
-        get_model(MODEL_ID)
+        get_model(model_id)
     except Exception as err:  # noqa: BLE001
         reason = f"{type(err).__name__}: {err}".splitlines()[0]
         return [
-            f"lmms-eval does not resolve --model {MODEL_ID} ({reason}): reinstall this package "
+            f"lmms-eval does not resolve --model {model_id} ({reason}): reinstall this package "
             "(`make install` or `pip install -e .`) so its lmms_eval.models entry point is registered"
         ]
     return []
@@ -149,7 +149,7 @@ class EnvReport:
 
 def _torch_facts() -> tuple[list[str], dict[str, str]]:
     try:
-        import torch
+        import torch  # lazy: a probe; the report must come out even when torch is missing or broken
     except Exception as err:  # noqa: BLE001
         return [], {"torch": f"not importable ({type(err).__name__}: {err})"}
     devices = []
@@ -184,8 +184,11 @@ def _torch_facts() -> tuple[list[str], dict[str, str]]:
     return devices, attention
 
 
-def collect(lock_path: Path = LOCK_FILE, *, lock_only: bool = False, lmms_only: bool = False) -> EnvReport:
-    """Gather the report. ``lock_only``: only the lock comparison; ``lmms_only``: only lmms-eval's check."""
+def collect(
+    model_id: str, lock_path: Path = LOCK_FILE, *, lock_only: bool = False, lmms_only: bool = False
+) -> EnvReport:
+    """Gather the report; ``model_id`` is the name lmms-eval must resolve. ``lock_only``: only the lock
+    comparison; ``lmms_only``: only lmms-eval's check."""
     versions = {display: installed_version(dist) for display, dist in REPORTED_PACKAGES}
     report = EnvReport(
         python=platform.python_version(),
@@ -209,8 +212,8 @@ def collect(lock_path: Path = LOCK_FILE, *, lock_only: bool = False, lmms_only: 
         return report
     if not lmms_only:
         report.devices, report.attention = _torch_facts()
-    lmms = lmms_eval_problems()
-    report.lmms_eval = "ok: evaluator imports, --model earlytom_llava_ov resolves" if not lmms else "cannot run"
+    lmms = lmms_eval_problems(model_id)
+    report.lmms_eval = f"ok: evaluator imports, --model {model_id} resolves" if not lmms else "cannot run"
     report.problems += lmms
     return report
 

@@ -1,14 +1,9 @@
 """Video loading (decord / PyAV) and deterministic synthetic test clips.
 
-``load_video`` samples ``num_frames`` frames uniformly over the whole clip, the
-same way the LLaVA-OneVision reference pipeline does
-(``numpy.linspace(0, total - 1, num_frames, dtype=int)``), and returns them as
-RGB ``uint8`` arrays of shape ``[T, H, W, 3]``.
-
-Both decoders are imported lazily, so importing this module needs neither.
-
-``synthetic_frames`` / ``write_video`` build small clips with a known temporal
-structure (static shots separated by hard cuts, moving objects) for tests.
+``load_video`` samples frames uniformly over the whole clip as the LLaVA-OneVision reference does; the
+decoders are imported lazily (each such import is marked), so importing this module needs neither and a
+missing one falls back on the other. ``synthetic_frames`` / ``write_video`` build clips with a known temporal
+structure for tests.
 """
 
 from __future__ import annotations
@@ -170,7 +165,7 @@ def _check_file(path: str) -> None:
 def _probe_container(path: str) -> None:
     """Open the container with PyAV and check there is a video stream."""
     try:
-        import av
+        import av  # lazy: optional decoder
     except ImportError:
         return
     try:
@@ -184,7 +179,7 @@ def _probe_container(path: str) -> None:
 
 
 def _load_decord(path: str, num_frames: int) -> VideoFrames:
-    import decord  # ImportError propagates (auto mode falls back on it)
+    import decord  # lazy: optional decoder; ImportError propagates (auto mode falls back on it)
 
     try:
         reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
@@ -216,7 +211,7 @@ def _load_decord(path: str, num_frames: int) -> VideoFrames:
 
 
 def _load_pyav(path: str, num_frames: int) -> VideoFrames:
-    import av  # ImportError propagates
+    import av  # lazy: optional decoder; ImportError propagates
 
     try:
         with av.open(path) as container:
@@ -277,7 +272,7 @@ def _decode_indices(container, stream, indices: list[int]) -> tuple[dict[int, np
 def _has_empty_video_stream(path: str) -> bool:
     """True when PyAV sees a video stream that decodes to zero frames."""
     try:
-        import av
+        import av  # lazy: optional decoder
     except ImportError:
         return False
     try:
@@ -290,7 +285,7 @@ def _has_empty_video_stream(path: str) -> bool:
 
 
 def _count_frames(path: str) -> int:
-    import av
+    import av  # lazy: optional decoder
 
     with av.open(path) as container:
         stream = container.streams.video[0]
@@ -428,7 +423,7 @@ def write_video(path, frames: np.ndarray, fps: float = 8.0) -> pathlib.Path:
     back to MPEG-4 Part 2 at high quality when libx264 is unavailable.  The
     container follows the file suffix (.mp4 intended; .mkv/.avi also work).
     """
-    import av
+    import av  # lazy: optional decoder
 
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:

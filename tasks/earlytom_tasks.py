@@ -9,12 +9,12 @@ same prompts, answer extraction and aggregation (imported from lmms-eval, not co
 * ``doc_to_visual`` never calls ``sys.exit``: a missing video comes back as its expected path, the model
   reports it for that one document and the run goes on;
 * missing data stops the run before anything loads, with one message naming the folder
-  (:class:`earlytom_eval.lmms_plugin.MissingDataError`), instead of an attempt to download it.
+  (:class:`earlytom_eval.lmms.datasets.MissingDataError`), instead of an attempt to download it.
 
 ``earlytom_smoke`` is the offline smoke set written by ``earlytom-eval smoke-data``: VideoMME documents
 scored by the very same functions as ``earlytom_videomme``.
 
-Data locations live in :mod:`earlytom_eval.lmms_plugin`, shared with the model's pre-flight check.
+Data locations live in :mod:`earlytom_eval.lmms.datasets`, shared with the model's pre-flight check.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ _LOCAL_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".c
 
 
 class EarlyTomVideoTask(ConfigurableTask):
-    """A ConfigurableTask whose data location comes from :mod:`earlytom_eval.lmms_plugin`.
+    """A ConfigurableTask whose data location comes from :mod:`earlytom_eval.lmms.datasets`.
 
     The YAML names the dataset in ``metadata: {earlytom_data: videomme | mlvu_dev | earlytom_smoke}``.
     """

@@ -9,17 +9,12 @@ import torch
 
 from earlytom_eval.cli import main as cli_main
 from earlytom_eval.compression.config import CompressionConfig
-from earlytom_eval.efficiency.bench import (
-    BenchRunner,
-    RunRecord,
-    _eos_ignored,
-    build_report,
-    hardware_info,
-    parse_shots,
-    run_order,
-    validate_report,
-)
+from earlytom_eval.efficiency.bench import BenchRunner, _eos_ignored, run_order
+from earlytom_eval.efficiency.bench_report import RunRecord, build_report
+from earlytom_eval.efficiency.clip import parse_shots
 from earlytom_eval.efficiency.flops import ModelShapes
+from earlytom_eval.efficiency.host import hardware_info
+from earlytom_eval.efficiency.schema import validate_report
 from earlytom_eval.video import synthetic_frames
 
 FULL = CompressionConfig(method="full", num_frames=8, name="full")

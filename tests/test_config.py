@@ -1,4 +1,4 @@
-"""Tests for earlytom_eval.config: defaults, YAML loading, validation, string overrides, fingerprint."""
+"""Tests for earlytom_eval.compression.config: defaults, YAML loading, validation, string overrides, fingerprint."""
 
 from __future__ import annotations
 

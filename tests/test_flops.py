@@ -19,24 +19,25 @@ from earlytom_eval.compression.config import CompressionConfig, load_config
 from earlytom_eval.compression.temporal import frame_similarity, plan_temporal_merge
 from earlytom_eval.efficiency.flops import (
     STAGES,
-    FrameSchedule,
     ModelShapes,
-    StageFlopCounter,
-    attention_flop_counter,
     compression_flops,
     count_stage_flops,
     encoder_layer_flops,
     llm_layer_flops,
     llm_prefill_flops,
-    max_merge_schedule,
-    no_merge_schedule,
-    parse_frames_per_layer,
     projector_pooling_flops,
     reference_llm_macs,
-    schedule_from_encoding,
     stage3_tokens_per_layer,
     vision_encoder_flops,
     visual_token_count,
+)
+from earlytom_eval.efficiency.measure import StageFlopCounter, attention_flop_counter
+from earlytom_eval.efficiency.schedules import (
+    FrameSchedule,
+    max_merge_schedule,
+    no_merge_schedule,
+    parse_frames_per_layer,
+    schedule_from_encoding,
 )
 from earlytom_eval.models.llava_ov import EarlyTomLlavaOnevision, received_attention
 from earlytom_eval.models.presets import build_model, build_processor, preset_config

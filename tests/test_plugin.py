@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from earlytom_eval import ConfigError
-from earlytom_eval.lmms.datasets import MissingDataError, check_tasks, data_problem, find_video
+from earlytom_eval.lmms.datasets import MissingDataError, data_problem, find_video
 from earlytom_eval.lmms.efficiency_log import FIELDS, EfficiencyLog, default_log_path, read_log, summarize
 from earlytom_eval.lmms.smoke_data import SmokeCheckError, check_run, smoke_documents, write_smoke_data
+from earlytom_eval.lmms.task_check import check_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "tasks"
@@ -235,7 +236,7 @@ def test_loglikelihood_and_multi_round_are_not_implemented(wrapper):
 
 
 def test_efficiency_log_location(wrapper, tmp_path):
-    from earlytom_eval.lmms.model import _RunContext
+    from earlytom_eval.lmms.run_context import RunContext as _RunContext
 
     saved = (wrapper._run, wrapper._efficiency_arg, wrapper._rank, wrapper._world_size)
     try:

@@ -21,7 +21,8 @@ import pytest
 
 from earlytom_eval.compression.config import load_config
 from earlytom_eval.reproduce import runner as reproduce
-from earlytom_eval.reproduce.runner import GridError, load_grid, run_grid
+from earlytom_eval.reproduce.grid import GridError, load_grid
+from earlytom_eval.reproduce.runner import run_grid
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "configs" / "grids" / "paper.yaml"
@@ -151,7 +152,7 @@ if spec["kind"] == "eval":
                                      "model": spec["model"]["pretrained"], "ttft_ms": 10.0 + i,
                                      "peak_memory_kind": "cpu_max_rss"}) + "\n")
 else:
-    from earlytom_eval.efficiency.bench import RunRecord, build_report
+    from earlytom_eval.efficiency.bench_report import RunRecord, build_report
     from earlytom_eval.compression.config import CompressionConfig
     from earlytom_eval.efficiency.flops import ModelShapes
 

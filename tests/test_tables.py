@@ -12,18 +12,13 @@ import pytest
 
 from earlytom_eval.cli import main as cli_main
 from earlytom_eval.compression.config import CompressionConfig
-from earlytom_eval.efficiency.bench import RunRecord, build_report
+from earlytom_eval.efficiency.bench_report import RunRecord, build_report
 from earlytom_eval.efficiency.flops import ModelShapes
 from earlytom_eval.report import published
-from earlytom_eval.report.tables import (
-    METRICS,
-    aggregate,
-    aggregate_scores,
-    latex_table,
-    markdown_table,
-    method_of,
-    sample_outcome,
-)
+from earlytom_eval.report.metrics import METRICS, aggregate_scores, sample_outcome
+from earlytom_eval.report.names import method_of
+from earlytom_eval.report.render import latex_table, markdown_table
+from earlytom_eval.report.tables import aggregate
 
 FULL = CompressionConfig(method="full", num_frames=8, name="full")
 ET10 = CompressionConfig(retention=0.1, tau=0.3, num_frames=8, inner_layer=18, name="earlytom_r0.10")
@@ -310,7 +305,7 @@ def test_outputs_markdown_csv_latex_and_plots(runs, tmp_path, capsys):
 
 
 def test_markdown_and_latex_escape_cells():
-    from earlytom_eval.report.tables import Table
+    from earlytom_eval.report.table import Table
 
     table = Table("t", "A_b & c", [], ["x|y", "50%"], [["a_b", "1 & 2"]], align="lr")
     md = markdown_table(table)

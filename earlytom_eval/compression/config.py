@@ -20,12 +20,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CompressionConfig", "ConfigError", "METHODS", "load_config"]
+__all__ = ["CompressionConfig", "ConfigError", "MERGE_MODES", "METHODS", "load_config"]
 
 #: Methods that can be named in ``method``. Each has a compressor registered in
 #: :mod:`earlytom_eval.compression.methods`; a peer method (FastV, VisionZip, HoliTom) is added there
 #: and here.
 METHODS = ("full", "earlytom")
+#: Stage 3 merge rules (``inner_merge``), implemented by :func:`earlytom_eval.compression.inner.merge_into_kept`.
+MERGE_MODES = ("fold", "mean")
 
 
 class ConfigError(ValueError):
@@ -280,8 +282,8 @@ def _validate(cfg: CompressionConfig) -> None:
         raise _field_error("inner_layer", cfg.inner_layer, "null (stage 3 off) or an LLM layer index >= 1")
     if not _is_number(cfg.inner_ratio) or not 0.0 <= cfg.inner_ratio < 1.0:
         raise _field_error("inner_ratio", cfg.inner_ratio, "a number in [0, 1)")
-    if cfg.inner_merge not in ("fold", "mean"):
-        raise _field_error("inner_merge", cfg.inner_merge, "fold | mean")
+    if cfg.inner_merge not in MERGE_MODES:
+        raise _field_error("inner_merge", cfg.inner_merge, " | ".join(MERGE_MODES))
     for text_field in ("name", "description"):
         if not isinstance(getattr(cfg, text_field), str):
             raise _field_error(text_field, getattr(cfg, text_field), "a string")

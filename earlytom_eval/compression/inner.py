@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import MERGE_MODES
+
 __all__ = [
     "InnerMergeDecision",
     "inner_keep_count",
@@ -19,8 +21,6 @@ __all__ = [
     "merge_into_kept",
     "plan_inner_merge",
 ]
-
-MERGE_MODES = ("fold", "mean")
 
 
 def inner_keep_count(num_visual: int, ratio: float) -> int:

@@ -5,7 +5,7 @@ A method is a :class:`VideoCompressor`: the model integration asks it which enco
 and hands it the projected, pooled features to :meth:`~VideoCompressor.select` from. Every method
 therefore runs through the same pipeline, under identical conditions. A new method (FastV, VisionZip,
 HoliTom...) subclasses :class:`VideoCompressor`, registers itself with :func:`register`, and is named in
-:data:`earlytom_eval.config.METHODS`.
+:data:`earlytom_eval.compression.config.METHODS`.
 """
 
 from __future__ import annotations

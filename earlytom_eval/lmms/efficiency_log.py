@@ -1,25 +1,7 @@
-"""The per-sample efficiency log: one JSON line per evaluated document, written as soon as it is known.
+"""The per-sample efficiency log: one JSON line per evaluated document, appended and flushed as soon as it is known.
 
-Each line is appended and flushed before the next document starts, so a crash loses nothing already
-measured. The file sits next to lmms-eval's outputs (see :func:`default_log_path`); one file per process
-under ``accelerate launch`` (``..._efficiency_rank<r>.jsonl``), nothing is gathered.
-
-Fields of a line (``None`` where not applicable, e.g. after an error):
-
-``task``, ``doc_id``, ``split``, ``rank``; ``model``, ``method``, ``config`` (name), ``config_hash``
-(:meth:`CompressionConfig.fingerprint`); ``videos`` (paths); ``frames_in`` (frames sampled, T0),
-``frames_per_layer`` (frames each vision-encoder layer processed), ``frames_out``, ``rho_eff``,
-``visual_tokens`` (into the LLM, newline included), ``prompt_tokens`` (LLM sequence incl. visual tokens),
-``llm_tokens_per_layer`` (tokens each LLM layer processed in the prefill: fewer from layer k on with
-stage 3), ``generated_tokens`` (new tokens, EOS included); milliseconds ``video_load_ms`` (decoding the file),
-``preprocess_ms`` (resize / normalise), ``vision_encoder_ms``, ``compression_ms``,
-``projector_pooling_ms``, ``llm_prefill_ms``, ``inner_merge_ms`` (stage 3's scoring and merging),
-``first_token_ms``, ``ttft_ms`` (preprocessed frames to
-first token), ``decode_ms`` (device-synchronised); ``peak_memory_mb`` with ``peak_memory_kind``
-(``cuda_max_allocated`` per document on GPU, ``cpu_max_rss`` process high-water mark on CPU);
-``batch_size``; ``error`` (one line, or None); ``time`` (UTC ISO time the line was written).
-
-Nothing here imports lmms-eval.
+A crash loses nothing already measured; one file per process under ``accelerate launch``. The README's "What
+lands where" lists the fields (:data:`FIELDS`). Imports neither torch nor lmms-eval.
 """
 
 from __future__ import annotations
@@ -33,7 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["FIELDS", "EfficiencyLog", "default_log_path", "read_log", "summarize"]
+from ..stages import stage_fields
+
+__all__ = ["FIELDS", "EfficiencyLog", "default_log_path", "json_safe", "read_log", "summarize"]
 
 FIELDS = (
     "task",
@@ -55,12 +39,7 @@ FIELDS = (
     "generated_tokens",
     "video_load_ms",
     "preprocess_ms",
-    "vision_encoder_ms",
-    "compression_ms",
-    "projector_pooling_ms",
-    "llm_prefill_ms",
-    "inner_merge_ms",
-    "first_token_ms",
+    *stage_fields(),
     "ttft_ms",
     "decode_ms",
     "peak_memory_mb",
@@ -80,17 +59,17 @@ def default_log_path(output_dir: str | Path, date_id: str, rank: int = 0, world_
     return Path(output_dir) / name
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe: tuples to lists, NaN/inf to None, numpy scalars to Python."""
+def json_safe(value: Any) -> Any:
+    """JSON-safe: tuples to lists, NaN/inf to None, numpy scalars to Python, anything else unknown to a string."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if hasattr(value, "item") and callable(value.item):
         try:
-            return _clean(value.item())
+            return json_safe(value.item())
         except (TypeError, ValueError):
             return str(value)
     if value is None or isinstance(value, (str, int, bool)):
@@ -117,7 +96,7 @@ class EfficiencyLog:
         line.update({k: v for k, v in record.items() if k not in line})
         if line.get("time") is None:
             line["time"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-        line = _clean(line)
+        line = json_safe(line)
         text = json.dumps(line, ensure_ascii=False)
         with self._lock:
             if self._handle is None:

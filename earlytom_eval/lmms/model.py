@@ -1,44 +1,15 @@
-"""The lmms-eval model ``earlytom_llava_ov``: thin glue between lmms-eval and :mod:`earlytom_eval.llava_ov`.
+"""The lmms-eval model ``earlytom_llava_ov``: thin glue between lmms-eval and :mod:`earlytom_eval.models.llava_ov`.
 
-Registered through the ``lmms_eval.models`` entry point (:func:`earlytom_eval.lmms_plugin.manifests`), so
-after ``pip install -e .``::
-
-    lmms-eval --model earlytom_llava_ov \\
-        --model_args pretrained=llava-hf/llava-onevision-qwen2-7b-ov-hf,config=configs/earlytom_r0.10.yaml \\
-        --tasks videomme,mlvu --include_path tasks --batch_size 1 --log_samples --output_path results/runs/x
-
-``--model_args`` (unknown keys are an error):
-
-* ``pretrained``: hub id or local checkpoint (default ``llava-hf/llava-onevision-qwen2-7b-ov-hf``);
-* ``config``: a compression config YAML (a path, or a name from ``configs/`` such as ``earlytom_r0.10``);
-* any config field as an override: ``method``, ``retention``, ``tau``, ``max_window``, ``ema``,
-  ``prune_layers`` (``8;21;23``), ``D``, ``K``, ``beta``, ``num_frames``, ``name``;
-* ``max_frames_num``: frames sampled uniformly per video (the config's ``num_frames``, T0);
-* ``device`` (``cuda``, ``cuda:1``, ``cpu``), ``dtype`` (``auto``, ``bfloat16``, ``float16``,
-  ``float32``), ``attn_implementation`` (default ``sdpa``), ``device_map`` (e.g. ``auto`` to split a
-  72B model over the GPUs of one process);
-* ``video_backend`` (``auto``: decord, PyAV fallback; ``decord``; ``pyav``);
-* ``efficiency_log``: where the per-sample log goes (a ``.jsonl`` file or a folder; ``off``), default
-  next to lmms-eval's outputs (see :meth:`EarlyTomLlavaOV.efficiency_log_path`);
-* ``warmup``: untimed generations on a noise video before the first document (default 1).
-
-Decoding is greedy and honours each task's ``max_new_tokens`` and ``until``; a task asking for sampling
-(``temperature > 0`` with sampling on) or beam search is refused before any request runs. Under
-``accelerate launch --num_processes N -m lmms_eval`` each process holds a copy of the model on its own
-GPU and lmms-eval hands it its shard of the requests (by rank and world size); results are gathered by
-lmms-eval, nothing by hand.
-
-A document whose video is missing, unreadable or has no frames gets an empty answer (scored wrong), a
-warning naming the file and an efficiency-log line with the error; the run goes on. Before any weights
-load, the tasks of the run are checked for their data (:func:`earlytom_eval.lmms_plugin.check_tasks`).
+It turns ``--model_args`` into a compression config and a loaded model (checked before data or weights are
+touched), answers ``generate_until`` requests greedily, and writes one efficiency-log line per document; the
+README's "Evaluate with lmms-eval" describes the model args and the outputs.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,17 +20,25 @@ from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
 from lmms_eval.models.model_utils.gen_metrics import log_metrics
 from loguru import logger
+from PIL import Image
 from tqdm import tqdm
 
 from ..compression.config import CompressionConfig, ConfigError, load_config, parse_field_value
+from ..dtypes import ALLOWED as DTYPE_NAMES
+from ..efficiency.memory import PeakMemory
+from ..models.llava_ov import load_model
+from ..models.presets import HUB_IDS
+from ..paths import CONFIGS, find_config
+from ..stages import STAGES
 from ..video import BACKENDS, VideoLoadError, load_video
-from .datasets import check_tasks
 from .efficiency_log import EfficiencyLog, default_log_path
 from .manifest import MODEL_ID
+from .run_context import lmms_run_context
+from .task_check import check_tasks
 
 __all__ = ["DEFAULT_PRETRAINED", "EarlyTomLlavaOV", "MODEL_ARGS"]
 
-DEFAULT_PRETRAINED = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
+DEFAULT_PRETRAINED = HUB_IDS["7b"]
 #: Model arguments besides the config fields (``batch_size``, ``max_batch_size`` come from lmms-eval).
 MODEL_ARGS = (
     "pretrained",
@@ -76,10 +55,9 @@ MODEL_ARGS = (
     "max_batch_size",
 )
 _OVERRIDABLE = tuple(f for f in CompressionConfig.field_names() if f != "description")
-_DTYPES = ("auto", "bfloat16", "float16", "float32", "bf16", "fp16", "fp32")
+_DTYPES = ("auto", *DTYPE_NAMES)
 _ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 _OFF = ("off", "none", "false", "no", "0")
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class EarlyTomLlavaOV(lmms):
@@ -112,7 +90,7 @@ class EarlyTomLlavaOV(lmms):
                 f"(allowed: {', '.join(MODEL_ARGS[:-2])}, and config fields {', '.join(_OVERRIDABLE)})"
             )
         self.config = _build_config(config, overrides, max_frames_num)
-        self.batch_size_per_gpu = _positive_int("batch_size", batch_size)
+        self.batch_size_per_gpu = _int_at_least("batch_size", batch_size, 1)
         dtype = str(dtype)
         if dtype not in _DTYPES:
             raise ValueError(f"{MODEL_ID}: invalid dtype {dtype!r} (allowed: {', '.join(_DTYPES)})")
@@ -125,7 +103,7 @@ class EarlyTomLlavaOV(lmms):
             raise ValueError(f"{MODEL_ID}: invalid video_backend {video_backend!r} (allowed: {', '.join(BACKENDS)})")
         self.video_backend = video_backend
         self.pretrained = str(pretrained)
-        self._warmup = _non_negative_int("warmup", warmup)
+        self._warmup = _int_at_least("warmup", warmup, 0)
 
         accelerator = Accelerator()
         self.accelerator = accelerator
@@ -144,13 +122,11 @@ class EarlyTomLlavaOV(lmms):
             raise ValueError(f"{MODEL_ID}: device {device!r} requested but CUDA is not available (use device=cpu)")
 
         # 2. The run's data, before any weights load (lmms-eval builds the model before it reads tasks).
-        self._run = _lmms_run_context()
+        self._run = lmms_run_context()
         if self._run.tasks is not None and self._run.task_manager is not None:
             check_tasks(self._run.tasks, self._run.task_manager)
 
         # 3. The model.
-        from ..models.llava_ov import load_model
-
         self._et = load_model(
             self.pretrained,
             self.config,
@@ -160,7 +136,8 @@ class EarlyTomLlavaOV(lmms):
             device_map=device_map,
         )
         self._device = self._et.device
-        self._cuda_devices = sorted({p.device for p in self._et.model.parameters() if p.device.type == "cuda"}, key=str)
+        cuda_devices = sorted({p.device for p in self._et.model.parameters() if p.device.type == "cuda"}, key=str)
+        self._memory = PeakMemory(cuda_devices, reset_cpu=False)  # CPU: the process's high-water mark
         self._efficiency_arg = efficiency_log
         self._log: EfficiencyLog | None = None
         self._log_resolved = False
@@ -176,7 +153,7 @@ class EarlyTomLlavaOV(lmms):
 
     @property
     def earlytom(self) -> Any:
-        """The :class:`earlytom_eval.llava_ov.EarlyTomLlavaOnevision` doing the work."""
+        """The :class:`earlytom_eval.models.llava_ov.EarlyTomLlavaOnevision` doing the work."""
         return self._et
 
     @property
@@ -322,7 +299,7 @@ class EarlyTomLlavaOV(lmms):
             self._et.build_prompt(item.context, num_videos=len(item.pixel_values), num_images=len(item.images))
             for item in items
         ]
-        self._reset_peak_memory()
+        self._memory.reset()
         start = time.perf_counter()
         outputs = self._et.generate(
             prompts,
@@ -332,7 +309,8 @@ class EarlyTomLlavaOV(lmms):
             stop=until,
         )
         elapsed = time.perf_counter() - start
-        peak_mb, peak_kind = self._peak_memory()
+        peak = self._memory.peak()
+        peak_mb = peak / 2**20 if peak is not None else None
         results = []
         for item, out in zip(items, outputs):
             generated = len(out.token_ids)
@@ -350,16 +328,11 @@ class EarlyTomLlavaOV(lmms):
                 "generated_tokens": generated,
                 "video_load_ms": item.video_load_ms,
                 "preprocess_ms": item.preprocess_ms + stages.get("preprocess", 0.0),
-                "vision_encoder_ms": stages.get("vision_encoder", 0.0),
-                "compression_ms": stages.get("compression", 0.0),
-                "projector_pooling_ms": stages.get("projector_pooling", 0.0),
-                "llm_prefill_ms": stages.get("llm_prefill", 0.0),
-                "inner_merge_ms": stages.get("inner_merge", 0.0),
-                "first_token_ms": stages.get("first_token", 0.0),
+                **{f"{stage}_ms": stages.get(stage, 0.0) for stage in STAGES},
                 "ttft_ms": stages.get("ttft", 0.0),
                 "decode_ms": stages.get("decode", 0.0),
                 "peak_memory_mb": peak_mb,
-                "peak_memory_kind": peak_kind,
+                "peak_memory_kind": self._memory.kind,
                 "batch_size": len(items),
                 "error": None,
             }
@@ -407,20 +380,6 @@ class EarlyTomLlavaOV(lmms):
         if log is not None:
             log.write({**self._record_base(item), "error": item.error, "batch_size": 1})
 
-    # ------------------------------------------------------------------------------ memory
-    def _reset_peak_memory(self) -> None:
-        for device in self._cuda_devices:
-            torch.cuda.reset_peak_memory_stats(device)
-
-    def _peak_memory(self) -> tuple[float, str]:
-        if self._cuda_devices:
-            peak = sum(torch.cuda.max_memory_allocated(d) for d in self._cuda_devices)
-            return peak / 2**20, "cuda_max_allocated"
-        import resource
-
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-        return (rss / 2**20 if sys.platform == "darwin" else rss / 1024.0), "cpu_max_rss"
-
 
 # ---------------------------------------------------------------------------------- helpers
 @dataclass
@@ -439,84 +398,10 @@ class _Item:
     error: str | None = None
 
 
-@dataclass
-class _RunContext:
-    """What the wrapper learns about the lmms-eval run that builds it."""
-
-    found: bool = False
-    output_path: str | None = None
-    datetime_str: str | None = None
-    model_args: str | None = None
-    tasks: list[Any] | None = None
-    task_manager: Any = None
-
-    @property
-    def date_id(self) -> str:
-        stamp = self.datetime_str if isinstance(self.datetime_str, str) and self.datetime_str else None
-        if stamp is None:
-            stamp = time.strftime("%Y%m%d_%H%M%S")
-            self.datetime_str = stamp
-        return stamp.replace(":", "-")
-
-    def model_folder(self, pretrained: str) -> str:
-        """The sub-folder lmms-eval writes results into (its sanitised model name)."""
-        try:
-            from lmms_eval.loggers.evaluation_tracker import GeneralConfigTracker
-            from lmms_eval.utils import sanitize_model_name
-
-            name = GeneralConfigTracker._get_model_name(self.model_args) if isinstance(self.model_args, str) else ""
-            return sanitize_model_name(name or pretrained)
-        except Exception:  # a later lmms-eval moved them: same rule, by hand
-            parts = (pretrained or "").split("/")
-            return "__".join(parts[-2:]) if len(parts) > 1 else parts[-1]
-
-
-def _lmms_run_context() -> _RunContext:
-    """The run's output folder, date stamp, model args and tasks, read from lmms-eval's ``simple_evaluate``.
-
-    lmms-eval builds the model inside ``simple_evaluate(... tasks, cli_args, datetime_str ...)`` and
-    passes it none of these; its frame on the call stack has them (``--config`` files included). When it
-    is not found (another caller), ``--output_path`` is read from ``sys.argv``.
-    """
-    frame = sys._getframe(1)
-    try:
-        while frame is not None:
-            code = frame.f_code
-            if code.co_name == "simple_evaluate" and "lmms_eval" in code.co_filename.replace("\\", "/"):
-                values = frame.f_locals
-                cli_args = values.get("cli_args")
-                tracker = values.get("evaluation_tracker")
-                output_path = getattr(cli_args, "output_path", None) or getattr(tracker, "output_path", None)
-                tasks = values.get("tasks")
-                return _RunContext(
-                    found=True,
-                    output_path=output_path,
-                    datetime_str=values.get("datetime_str"),
-                    model_args=values.get("model_args") if isinstance(values.get("model_args"), str) else None,
-                    tasks=list(tasks) if isinstance(tasks, (list, tuple)) else None,
-                    task_manager=values.get("task_manager"),
-                )
-            frame = frame.f_back
-    finally:
-        del frame
-    return _RunContext(
-        output_path=_argv_value(sys.argv, "--output_path"), model_args=_argv_value(sys.argv, "--model_args")
-    )
-
-
-def _argv_value(argv: Sequence[str], flag: str) -> str | None:
-    for index, arg in enumerate(argv):
-        if arg == flag and index + 1 < len(argv):
-            return argv[index + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return None
-
-
 def _build_config(config: Any, overrides: dict[str, Any], max_frames_num: Any) -> CompressionConfig:
     assignments = {key: _as_text(value) for key, value in overrides.items()}
     if max_frames_num is not None:
-        frames = str(_positive_int("max_frames_num", max_frames_num))
+        frames = str(_int_at_least("max_frames_num", max_frames_num, 1))
         if "num_frames" in assignments and parse_field_value("num_frames", assignments["num_frames"]) != int(frames):
             raise ConfigError(
                 f"max_frames_num={frames} and num_frames={assignments['num_frames']} disagree (give one of them)"
@@ -528,16 +413,10 @@ def _build_config(config: Any, overrides: dict[str, Any], max_frames_num: Any) -
 
 def _config_path(value: Any) -> Path:
     """A config YAML path as given, or a name looked up in ``configs/`` (of the working folder, then the repo)."""
-    path = Path(os.path.expanduser(str(value)))
-    if path.is_file():
-        return path
-    if not path.is_absolute():
-        names = [path, path.with_name(path.name + ".yaml")] if path.suffix != ".yaml" else [path]
-        for root in (Path.cwd() / "configs", _REPO_ROOT / "configs", _REPO_ROOT):
-            for name in names:
-                if (root / name).is_file():
-                    return root / name
-    shipped = sorted(p.stem for p in (_REPO_ROOT / "configs").glob("*.yaml"))
+    found = find_config(value)
+    if found is not None:
+        return found
+    shipped = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
     hint = f" or a name from configs/: {', '.join(shipped)}" if shipped else ""
     raise ConfigError(f"config file not found: '{value}' (allowed: a YAML path{hint})")
 
@@ -549,23 +428,13 @@ def _as_text(value: Any) -> str:
     return str(value)
 
 
-def _positive_int(name: str, value: Any) -> int:
+def _int_at_least(name: str, value: Any, minimum: int) -> int:
     try:
         number = int(str(value))
     except ValueError:
-        number = 0
-    if number < 1:
-        raise ValueError(f"{MODEL_ID}: invalid {name} {value!r} (allowed: an integer >= 1)")
-    return number
-
-
-def _non_negative_int(name: str, value: Any) -> int:
-    try:
-        number = int(str(value))
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise ValueError(f"{MODEL_ID}: invalid {name} {value!r} (allowed: an integer >= 0)")
+        number = minimum - 1
+    if number < minimum:
+        raise ValueError(f"{MODEL_ID}: invalid {name} {value!r} (allowed: an integer >= {minimum})")
     return number
 
 
@@ -626,10 +495,6 @@ def _flatten(visuals: Any) -> list[Any]:
 
 
 def _is_image(value: Any) -> bool:
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        return False
     return isinstance(value, Image.Image)
 
 

@@ -1,25 +1,19 @@
-"""The offline smoke set for the ``earlytom_smoke`` lmms-eval task, and a checker for its runs.
+"""The offline smoke set of the ``earlytom_smoke`` lmms-eval task, and the check of its runs' output files.
 
-``earlytom-eval smoke-data --out DIR`` writes a handful of short synthetic clips with known temporal
-structure (a static shot, a scene cut, motion, three shots) plus one corrupt clip and one missing clip,
-and ``DIR/earlytom_smoke.jsonl``: one multiple-choice question per clip in the VideoMME document format
-(``videoID``, ``duration``, ``domain``, ``sub_category``, ``task_type``, ``question``, ``options``,
-``answer``, ...). Videos go to ``DIR/data/<videoID>.mp4``, VideoMME's layout. The task reads
-``$EARLYTOM_SMOKE_DIR`` (default ``results/smoke-data`` beside ``tasks/``).
-
-``earlytom-eval smoke-check RUN_DIR ...`` checks an lmms-eval output folder of that task: results.json
-with a numeric score, the samples file and the efficiency log present and covering the same documents.
-lmms-eval exits 0 even when a run failed, so the files are what is checked.
+The clips have a known temporal structure (a static shot, a scene cut, motion, three shots), plus one corrupt
+and one missing clip; the questions are VideoMME documents. lmms-eval exits 0 even when a run failed, so
+:func:`check_run` checks the files. ``make smoke`` (README, "The smoke run") uses both.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..video import synthetic_frames, write_video
+from .efficiency_log import read_log
 
 __all__ = ["SMOKE_TASK", "SmokeCheckError", "check_run", "smoke_documents", "write_smoke_data"]
 
@@ -132,8 +126,6 @@ def write_smoke_data(out_dir: str | Path, seed: int = 0) -> Path:
     Deterministic for a seed. The corrupt clip is a real clip cut to its first 300 bytes; the missing
     clip's file is removed if an earlier run left one.
     """
-    from ..video import synthetic_frames, write_video
-
     out = Path(out_dir)
     videos = out / "data"
     videos.mkdir(parents=True, exist_ok=True)
@@ -159,15 +151,6 @@ def write_smoke_data(out_dir: str | Path, seed: int = 0) -> Path:
 # ---------------------------------------------------------------------------------- run checks
 class SmokeCheckError(RuntimeError):
     """An lmms-eval output folder is missing a file or its files disagree (one line)."""
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                rows.append(json.loads(line))
-    return rows
 
 
 def check_run(run_dir: str | Path, task: str = SMOKE_TASK, expected_docs: int | None = None) -> dict[str, Any]:
@@ -199,8 +182,8 @@ def check_run(run_dir: str | Path, task: str = SMOKE_TASK, expected_docs: int | 
     efficiency_paths = sorted(folder.glob(f"{date_id}_efficiency*.jsonl"))
     if not efficiency_paths:
         raise SmokeCheckError(f"efficiency log missing: {folder}/{date_id}_efficiency.jsonl")
-    samples = _read_jsonl(samples_path)
-    records = [r for path in efficiency_paths for r in _read_jsonl(path) if r.get("task") == task]
+    samples = read_log(samples_path)
+    records = [r for path in efficiency_paths for r in read_log(path) if r.get("task") == task]
     sample_ids = sorted(int(s["doc_id"]) for s in samples)
     record_ids = sorted(int(r["doc_id"]) for r in records)
     if sample_ids != record_ids:
@@ -225,57 +208,3 @@ def check_run(run_dir: str | Path, task: str = SMOKE_TASK, expected_docs: int | 
         "avg_ttft_ms": sum(ttfts) / len(ttfts) if ttfts else None,
         "config_hash": hashes[0],
     }
-
-
-# ---------------------------------------------------------------------------------- CLI
-def _cmd_smoke_data(args: argparse.Namespace) -> int:
-    jsonl = write_smoke_data(args.out, seed=args.seed)
-    docs = smoke_documents()
-    print(f"wrote {len(docs)} smoke documents to {jsonl} and their clips to {jsonl.parent / 'data'}")
-    print(
-        f"the earlytom_smoke task reads $EARLYTOM_SMOKE_DIR (default results/smoke-data beside tasks/): "
-        f"export EARLYTOM_SMOKE_DIR={jsonl.parent.resolve()}"
-    )
-    return 0
-
-
-def _cmd_smoke_check(args: argparse.Namespace) -> int:
-    failed = False
-    for run_dir in args.run_dirs:
-        try:
-            summary = check_run(run_dir, task=args.task, expected_docs=args.expect_docs)
-        except (SmokeCheckError, OSError, ValueError, KeyError) as err:
-            print(f"FAIL {run_dir}: {err}")
-            failed = True
-            continue
-        ttft = f"{summary['avg_ttft_ms']:.1f} ms" if summary["avg_ttft_ms"] is not None else "n/a"
-        print(
-            f"ok   {run_dir}: score {summary['score']:.2f}, {summary['docs']} docs "
-            f"({summary['errors']} with data errors), avg TTFT {ttft}, config {summary['config_hash']}"
-        )
-    return 1 if failed else 0
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Register this module's subcommands on the ``earlytom-eval`` parser."""
-    data = subparsers.add_parser(
-        "smoke-data", help="write the offline earlytom_smoke task data (synthetic clips + VideoMME-format JSONL)"
-    )
-    data.add_argument("--out", required=True, type=Path, help="output folder (the task's default: results/smoke-data)")
-    data.add_argument("--seed", type=int, default=0, help="clips are reproducible for a seed (default 0)")
-    data.set_defaults(func=_cmd_smoke_data)
-
-    check = subparsers.add_parser(
-        "smoke-check", help="check lmms-eval output folders: results, samples and efficiency log exist and agree"
-    )
-    check.add_argument("run_dirs", nargs="+", type=Path, help="lmms-eval --output_path folders")
-    check.add_argument("--task", default=SMOKE_TASK, help=f"task name (default {SMOKE_TASK})")
-    check.add_argument("--expect-docs", type=int, default=None, help="number of documents each run must have")
-    check.set_defaults(func=_cmd_smoke_check)
-
-
-def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - convenience
-    parser = argparse.ArgumentParser(prog="earlytom_eval.smoke_data")
-    add_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)

@@ -1,26 +1,9 @@
-"""Offline, randomly initialised LLaVA-OneVision presets (no weights or hub files are downloaded).
+"""Offline, randomly initialised LLaVA-OneVision presets: the real models' shapes, no weights or hub files.
 
-Presets (SigLIP vision tower -> 2-layer GELU projector -> Qwen2 language model)::
-
-    preset  vision (hidden/mlp/heads/layers/px)  projector            LLM (hidden/mlp/layers/heads/kv, vocab)
-    tiny    32 / 64 / 2 / 26 / 98                32 -> 64 -> 64       64 / 128 / 24 / 4 / 2, 320
-    0.5b    1152 / 4304 / 16 / 26 / 384          1152 -> 896 -> 896   896 / 4864 / 24 / 14 / 2, 151936 (tied)
-    7b      1152 / 4304 / 16 / 26 / 384          1152 -> 3584 -> 3584 3584 / 18944 / 28 / 28 / 4, 152064
-    72b     1152 / 4304 / 16 / 26 / 384          1152 -> 8192 -> 8192 8192 / 29568 / 80 / 64 / 8, 152064
-
-All presets use patch 14. The real LLMs are Qwen2-{0.5B,7B,72B}-Instruct; parameter counts are
-0.894e9 / 8.03e9 / 73.2e9.
-
-Tokens per frame: a frame is ``image_size / patch_size`` squared patches (384/14 -> 27x27 = 729 real,
-98/14 -> 7x7 = 49 tiny); for videos the model bilinearly pools each frame to ``ceil(side / 2)`` squared
-(14x14 = 196 real, 4x4 = 16 tiny) and appends one ``image_newline`` token per video, so a video of
-``F`` frames takes ``F * 196 + 1`` (real) or ``F * 16 + 1`` (tiny) ``<video>`` tokens.
-
-The real presets mirror the llava-hf ``llava-onevision-qwen2-{0.5b,7b,72b}-ov-hf`` checkpoints
-(``HUB_IDS``): same config fields, token ids (``<image>`` 151646, ``<video>`` 151647), image/video
-processor settings (384 px, mean = std = 0.5, bicubic, anyres_max_9 with the 36 grid pinpoints) and chat
-template. Only the weights (random) and the tokenizer (byte-level, see :mod:`earlytom_eval.tokenizer`)
-differ.
+``tiny`` is a 32-wide SigLIP and 64-wide, 24-layer Qwen2 for tests; ``0.5b``, ``7b`` and ``72b`` mirror the
+llava-hf ``llava-onevision-qwen2-{0.5b,7b,72b}-ov-hf`` checkpoints (:data:`HUB_IDS`): same config fields, token
+ids, processor settings and chat template; only the weights (random) and the tokenizer
+(:mod:`earlytom_eval.models.tokenizer`) differ. The shapes are in :data:`_PRESETS`.
 """
 
 from __future__ import annotations
@@ -47,6 +30,8 @@ from .tokenizer import (
     special_token_ids,
 )
 
+# transformers is imported inside the builders below (lazy): its LLaVA-OneVision classes take seconds to import,
+# and the command line reads PRESET_NAMES from this module on every command.
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import os
 
@@ -243,7 +228,7 @@ def default_dtype(name: str) -> torch.dtype:
 
 
 def tokenizer_num_regular_tokens(name: str) -> int | None:
-    """``num_regular_tokens`` passed to :func:`~earlytom_eval.tokenizer.build_tokenizer` for a preset."""
+    """``num_regular_tokens`` passed to :func:`~earlytom_eval.models.tokenizer.build_tokenizer` for a preset."""
     return _preset(name).num_regular_tokens
 
 
@@ -260,7 +245,7 @@ def preset_config(name: str) -> LlavaOnevisionConfig:
     Raises:
         ValueError: unknown preset name (the message lists the allowed names).
     """
-    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig  # lazy: see the note above
 
     preset = _preset(name)
     ids = special_token_ids(preset.num_regular_tokens)
@@ -319,7 +304,7 @@ def preset_config(name: str) -> LlavaOnevisionConfig:
 def build_processor(name: str) -> LlavaOnevisionProcessor:
     """``LlavaOnevisionProcessor`` for preset ``name``: tokenizer + image processor + video processor + chat template.
 
-    * tokenizer: :func:`~earlytom_eval.tokenizer.build_tokenizer` with the preset's id layout;
+    * tokenizer: :func:`~earlytom_eval.models.tokenizer.build_tokenizer` with the preset's id layout;
     * image processor: ``size={"height": S, "width": S}`` (S = 384 real, 98 tiny), anyres grid pinpoints
       (multiples of S), mean = std = 0.5, bicubic, rescale 1/255 -> ``pixel_values`` ``(B, patches, 3, S, S)``;
     * video processor: same size / normalisation -> ``pixel_values_videos`` ``(B, frames, 3, S, S)``;
@@ -329,12 +314,12 @@ def build_processor(name: str) -> LlavaOnevisionProcessor:
     Raises:
         ValueError: unknown preset name.
     """
-    from transformers import (
+    from transformers import (  # lazy: see the note above
         LlavaOnevisionImageProcessor,
         LlavaOnevisionProcessor,
         LlavaOnevisionVideoProcessor,
     )
-    from transformers.image_utils import PILImageResampling
+    from transformers.image_utils import PILImageResampling  # lazy: see the note above
 
     preset = _preset(name)
     size = preset.vision.image_size
@@ -368,7 +353,7 @@ def build_processor(name: str) -> LlavaOnevisionProcessor:
 
 
 def _generation_config(name: str):
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig  # lazy: see the note above
 
     ids = special_token_ids(_preset(name).num_regular_tokens)
     return GenerationConfig(bos_token_id=ids[PAD_TOKEN], eos_token_id=ids[EOS_TOKEN], pad_token_id=ids[PAD_TOKEN])
@@ -392,7 +377,7 @@ def build_model(
     Raises:
         ValueError: unknown preset name or dtype.
     """
-    from transformers import LlavaOnevisionForConditionalGeneration
+    from transformers import LlavaOnevisionForConditionalGeneration  # lazy: see the note above
 
     config = preset_config(name)
     torch_dtype = resolve_dtype(dtype)

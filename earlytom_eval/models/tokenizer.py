@@ -1,24 +1,8 @@
 """Offline byte-level tokenizer with Qwen2-compatible special-token ids.
 
-No tokenizer file is ever downloaded: the vocabulary is built in memory with the
-`tokenizers` library and wrapped in a transformers fast tokenizer.
-
-Id layout (``num_regular_tokens=None`` -> the "tiny" layout, ``R = 256``)::
-
-    0 .. 255               one token per byte (GPT-2 style ByteLevel alphabet; id == byte value)
-    256 .. R-1             '<|reserved_N|>' fillers, N == id (only if num_regular_tokens > 256)
-    R + 0                  '<|endoftext|>'   (pad token)
-    R + 1                  '<|im_start|>'
-    R + 2                  '<|im_end|>'      (eos token)
-    R + 3                  '<image>'
-    R + 4                  '<video>'
-
-With ``num_regular_tokens=151643`` (:data:`QWEN2_NUM_REGULAR_TOKENS`) the special
-ids are exactly Qwen2's / llava-hf LLaVA-OneVision's: 151643 .. 151647.
-
-Text is split by the ByteLevel pre-tokenizer and the BPE model has no merges, so
-every UTF-8 byte of ordinary text becomes one token (sequences are ~3-4x longer
-than with the real Qwen2 BPE; the multimodal token counts are unaffected).
+No tokenizer file is ever downloaded: the vocabulary is built in memory with the `tokenizers` library and
+wrapped in a transformers fast tokenizer. Every UTF-8 byte becomes one token (text is ~3-4x longer than with
+Qwen2's BPE; multimodal token counts are unaffected); :func:`special_token_ids` gives the id layout.
 """
 
 from __future__ import annotations
@@ -89,7 +73,18 @@ def special_token_ids(num_regular_tokens: int | None = None) -> dict[str, int]:
     """Ids of :data:`SPECIAL_TOKENS` for a tokenizer built with ``num_regular_tokens``.
 
     Computed arithmetically (no tokenizer is built), e.g. ``special_token_ids(151643)["<video>"] == 151647``
-    and ``special_token_ids()["<video>"] == 260``.
+    and ``special_token_ids()["<video>"] == 260``. The layout (``None`` -> the "tiny" layout, ``R = 256``)::
+
+        0 .. 255               one token per byte (GPT-2 style ByteLevel alphabet; id == byte value)
+        256 .. R-1             '<|reserved_N|>' fillers, N == id (only if num_regular_tokens > 256)
+        R + 0                  '<|endoftext|>'   (pad token)
+        R + 1                  '<|im_start|>'
+        R + 2                  '<|im_end|>'      (eos token)
+        R + 3                  '<image>'
+        R + 4                  '<video>'
+
+    With ``num_regular_tokens=151643`` (:data:`QWEN2_NUM_REGULAR_TOKENS`) the special ids are exactly Qwen2's /
+    llava-hf LLaVA-OneVision's: 151643 .. 151647.
     """
     first = _validated_regular_tokens(num_regular_tokens)
     return {token: first + offset for offset, token in enumerate(SPECIAL_TOKENS)}
@@ -142,6 +137,7 @@ def build_tokenizer(num_regular_tokens: int | None = None) -> PreTrainedTokenize
     Raises:
         ValueError: if ``num_regular_tokens`` is not an int >= 256.
     """
+    # Lazy: presets import this module for its token constants on every command; the libraries load on a build.
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 

@@ -1,36 +1,30 @@
-"""PNG plots of the aggregated tables (matplotlib, no display needed).
-
-* ``accuracy_vs_ttft.png``: per task, accuracy (%) against the median TTFT (ms) of the evaluated documents;
-  one line per method across its retention ratios, full tokens as a reference point;
-* ``ttft_breakdown.png``: stacked median TTFT per stage for each method at each ratio (the benchmark's
-  stage timings; without a benchmark, the per-document medians of the evaluated runs);
-* ``flops_per_stage.png``: stacked prefill FLOPs per stage for each method at each ratio (the benchmark's
-  token counts).
-
-Sized for a README (about 1000 px wide). A figure with nothing to show is not written.
-"""
+"""PNG plots of the aggregated tables (matplotlib, no display needed): accuracy against TTFT, TTFT by stage,
+prefill FLOPs by stage; sized for a README, and a figure with nothing to show is not written."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .tables import Tables
+import matplotlib
+import matplotlib.pyplot as plt
+
+from ..paths import slug
+from ..stages import PREFILL_FLOP_STAGES, STAGE_LABELS
+from .cells import document_efficiency
+from .metrics import is_number
+from .names import METHOD_ORDER, task_label
+from .table import ratio_label
+from .tables import BENCH_STAGES, Tables, flop_unit
 
 __all__ = ["make_plots"]
 
-STAGE_COLORS = {
-    "vision_encoder": "#4C72B0",
-    "compression": "#DD8452",
-    "projector_pooling": "#55A868",
-    "llm_prefill": "#C44E52",
-    "inner_merge": "#8172B3",
-    "first_token": "#937860",
-    "other": "#BBBBBB",
-}
+#: One colour per stage, in pipeline order, the rest of the TTFT last.
+STAGE_COLORS = dict(
+    zip(BENCH_STAGES, ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#BBBBBB"), strict=True)
+)
 METHOD_STYLES = {
     "full": {"color": "black", "marker": "*", "markersize": 13},
     "earlytom": {"color": "#C44E52", "marker": "o", "markersize": 6},
@@ -41,21 +35,9 @@ DPI = 110
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    matplotlib.use("Agg")  # files only, no display
     plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8})
     return plt
-
-
-def _num(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _ratio(method: str, retention: float | None) -> str:
-    return "full" if method == "full" or retention is None else f"{retention * 100:g}%"
 
 
 def _style(method: str, index: int) -> dict[str, Any]:
@@ -71,14 +53,12 @@ def _suptitle(fig: Any, title: str, header: Sequence[str]) -> None:
 
 
 def accuracy_vs_ttft(result: Tables, out: Path) -> list[Path]:
-    from .tables import document_efficiency, task_label
-
     points: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for cell in result.cells:
         if cell.status != "complete" or cell.outcome is None or cell.outcome.accuracy is None:
             continue
         stats = document_efficiency(cell.outcome.rows)
-        if not _num(stats["ttft_ms"]):
+        if not is_number(stats["ttft_ms"]):
             continue
         points.setdefault((cell.model, cell.task), []).append(
             {"method": cell.method, "label": cell.method_label, "retention": cell.retention,
@@ -105,7 +85,7 @@ def accuracy_vs_ttft(result: Tables, out: Path) -> list[Path]:
                 methods_seen.setdefault(mine[0]["label"], line)
                 for p in mine:
                     if method != "full":
-                        ax.annotate(_ratio(method, p["retention"]), (p["ttft"], p["accuracy"]),
+                        ax.annotate(ratio_label(method, p["retention"], full="full"), (p["ttft"], p["accuracy"]),
                                     textcoords="offset points", xytext=(4, 4), fontsize=7, color=style["color"])
             full = [p for p in data if p["method"] == "full"]
             if full:
@@ -124,16 +104,12 @@ def accuracy_vs_ttft(result: Tables, out: Path) -> list[Path]:
                    frameon=False)
         _suptitle(fig, f"Accuracy vs TTFT, {model}", result.header)
         fig.tight_layout(rect=(0, 0.07, 1, 0.95 if len(fig.texts) else 1))
-        name = "accuracy_vs_ttft.png" if len(models) == 1 else f"accuracy_vs_ttft_{_slug(model)}.png"
+        name = "accuracy_vs_ttft.png" if len(models) == 1 else f"accuracy_vs_ttft_{slug(model)}.png"
         path = out / name
         fig.savefig(path, dpi=DPI)
         plt.close(fig)
         written.append(path)
     return written
-
-
-def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
 def _groups(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], list[Mapping[str, Any]]]:
@@ -145,8 +121,6 @@ def _groups(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], list[Map
 
 def _bars(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, Mapping[str, Any]]]:
     """Bars in order: full, then per ratio (high to low) each method; label 'ratio\\nmethod'."""
-    from .tables import METHOD_ORDER
-
     def rank(row: Mapping[str, Any]) -> tuple:
         method = row["method"]
         return (0 if method == "full" else 1, -(row["retention"] or 1.0),
@@ -156,8 +130,8 @@ def _bars(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, Mapping[str, Any
     for row in sorted(rows, key=rank):
         short = {"full": "full", "earlytom": "EarlyTom", "earlytom_postenc": "w/o enc."}.get(row["method"],
                                                                                             row["method"])
-        out.append(("full" if row["method"] == "full" else f"{_ratio(row['method'], row['retention'])}\n{short}",
-                    row))
+        ratio = ratio_label(row["method"], row["retention"], full="full")
+        out.append(("full" if row["method"] == "full" else f"{ratio}\n{short}", row))
     return out
 
 
@@ -166,7 +140,7 @@ def _stacked(ax: Any, bars: list[tuple[str, Mapping[str, Any]]], stages: Sequenc
     x = list(range(len(bars)))
     bottom = [0.0] * len(bars)
     for stage in stages:
-        values = [(row.get(key.format(stage)) or 0.0) / scale if _num(row.get(key.format(stage))) else 0.0
+        values = [(row.get(key.format(stage)) or 0.0) / scale if is_number(row.get(key.format(stage))) else 0.0
                   for _, row in bars]
         if not any(values):
             continue
@@ -178,9 +152,34 @@ def _stacked(ax: Any, bars: list[tuple[str, Mapping[str, Any]]], stages: Sequenc
     ax.grid(True, axis="y", linewidth=0.3, alpha=0.6)
 
 
-def ttft_breakdown(result: Tables, out: Path) -> list[Path]:
-    from .tables import BENCH_STAGES, STAGE_LABELS, document_efficiency, task_label
+def _stage_panels(
+    groups: Mapping[tuple[str, str], list[Mapping[str, Any]]],
+    draw: Callable[[Any, str, str, list[Mapping[str, Any]]], None],
+    title: str,
+    header: Sequence[str],
+    path: Path,
+    legend_columns: int,
+) -> list[Path]:
+    """One panel of stacked stage bars per (model, settings) group, two panels a row, one legend; writes ``path``."""
+    plt = _plt()
+    n = len(groups)
+    cols = min(2, n)
+    nrows = math.ceil(n / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(WIDTH_IN, 3.3 * nrows + 0.7), squeeze=False)
+    for ax, ((model, settings), rows) in zip(axes.flat, groups.items()):
+        draw(ax, model, settings, rows)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(legend_columns, len(labels)), frameon=False)
+    _suptitle(fig, title, header)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.93))
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return [path]
 
+
+def ttft_breakdown(result: Tables, out: Path) -> list[Path]:
     bench = next((t for t in result.tables if t.name == "bench"), None)
     groups = _groups(bench.data) if bench is not None else {}
     key, source = "{}_ms", "benchmark"
@@ -192,67 +191,42 @@ def ttft_breakdown(result: Tables, out: Path) -> list[Path]:
                 row = {"model": cell.model, "settings": task_label(cell.task), "method": cell.method,
                        "retention": cell.retention}
                 row.update({s: stats.get(f"{s}_ms") for s in BENCH_STAGES})
-                row["other"] = stats.get("other_ms")
                 rows.append(row)
         groups = _groups(rows)
         key, source = "{}", "evaluated documents"
     if not groups:
         return []
-    plt = _plt()
-    n = len(groups)
-    cols = min(2, n)
-    nrows = math.ceil(n / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(WIDTH_IN, 3.3 * nrows + 0.7), squeeze=False)
-    for ax, ((model, settings), rows) in zip(axes.flat, groups.items()):
+
+    def draw(ax: Any, model: str, settings: str, rows: list[Mapping[str, Any]]) -> None:
         _stacked(ax, _bars(rows), BENCH_STAGES, key, 1.0, STAGE_LABELS)
         ax.set_ylabel("median TTFT (ms)")
         ax.set_title(f"{model}, {settings} settings" if source == "benchmark" else f"{model}, {settings}")
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(7, len(labels)), frameon=False)
-    _suptitle(fig, f"TTFT by stage ({source}; medians)", result.header)
-    fig.tight_layout(rect=(0, 0.07, 1, 0.93))
-    path = out / "ttft_breakdown.png"
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return [path]
+
+    return _stage_panels(groups, draw, f"TTFT by stage ({source}; medians)", result.header,
+                         out / "ttft_breakdown.png", legend_columns=7)
 
 
 def flops_per_stage(result: Tables, out: Path) -> list[Path]:
-    from .tables import FLOP_STAGES, STAGE_LABELS, _flop_unit
-
     bench = next((t for t in result.tables if t.name == "bench"), None)
     if bench is None or not bench.data:
         return []
-    groups = _groups(bench.data)
-    scale, unit = _flop_unit(bench.data)
-    plt = _plt()
-    n = len(groups)
-    cols = min(2, n)
-    nrows = math.ceil(n / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(WIDTH_IN, 3.3 * nrows + 0.7), squeeze=False)
-    for ax, ((model, settings), rows) in zip(axes.flat, groups.items()):
+    scale, unit = flop_unit(bench.data)
+
+    def draw(ax: Any, model: str, settings: str, rows: list[Mapping[str, Any]]) -> None:
         bars = _bars(rows)
-        _stacked(ax, bars, FLOP_STAGES, "flops_{}", scale, STAGE_LABELS)
+        _stacked(ax, bars, PREFILL_FLOP_STAGES, "flops_{}", scale, STAGE_LABELS)
         for x, (_, row) in enumerate(bars):
             pct = row.get("flops_pct_of_full")
             total = row.get("total_prefill_flops")
-            if _num(pct) and _num(total) and row["method"] != "full":
+            if is_number(pct) and is_number(total) and row["method"] != "full":
                 ax.annotate(f"{pct:.0f}%", (x, total / scale), textcoords="offset points", xytext=(0, 2),
                             ha="center", fontsize=7)
         ax.set_ylabel(f"prefill {unit}")
         ax.set_title(f"{model}, {settings} settings")
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
-    _suptitle(fig, "Prefill FLOPs by stage (real FLOPs, 2 per multiply-add; % = of full tokens)", result.header)
-    fig.tight_layout(rect=(0, 0.07, 1, 0.93))
-    path = out / "flops_per_stage.png"
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return [path]
+
+    return _stage_panels(_groups(bench.data), draw,
+                         "Prefill FLOPs by stage (real FLOPs, 2 per multiply-add; % = of full tokens)", result.header,
+                         out / "flops_per_stage.png", legend_columns=len(PREFILL_FLOP_STAGES))
 
 
 def make_plots(result: Tables, out: str | Path) -> list[Path]:
