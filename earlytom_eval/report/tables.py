@@ -25,6 +25,9 @@ BENCH_STAGES = (*STAGES, OTHER)
 
 @dataclass
 class Tables:
+    """What :func:`aggregate` built: the tables, the cells and bench runs they came from, the problems found,
+    the header lines above every table, and (once written) the plots."""
+
     tables: list[Table]
     cells: list[Cell]
     bench_runs: list[BenchRun]
