@@ -163,7 +163,7 @@ def _before_allowed(message: str) -> str:
         ("prune_layers", [8, 8, 21], "[8, 8, 21]"),
         ("prune_layers", [-1, 8], "-1"),
         ("prune_layers", [8.0, 21], "8.0"),
-        ("method", "fastvid", "fastvid"),
+        ("method", "fastvidd", "fastvidd"),
         ("D", 1, "1"),
         ("D", 1.0, "1.0"),
         ("D", -0.1, "-0.1"),

@@ -5,12 +5,14 @@ from importlib import import_module
 # Lazy (PEP 562): `import earlytom_eval` imports `compression.config`, which runs this file; the tensor
 # modules below import torch, and importing the package must not.
 _EXPORTS = {
+    "CompressionMethod": "methods",
     "EncoderPlan": "methods",
+    "EncoderSignals": "methods",
     "LayerOutcome": "methods",
-    "VideoCompressor": "methods",
-    "build_compressor": "methods",
-    "register": "methods",
-    "registered_methods": "methods",
+    "METHOD_CLASSES": "registry",
+    "build_method": "registry",
+    "registered_methods": "registry",
+    "TokenSelection": "selection",
     "SpatialSelection": "spatial",
     "select_tokens": "spatial",
     "FrameMergePlan": "temporal",

@@ -20,18 +20,63 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CompressionConfig", "ConfigError", "MERGE_MODES", "METHODS", "load_config"]
+from .params import PARAMS_BY_METHOD, ConfigError, MethodParams, parse_param
 
-#: Methods that can be named in ``method``. Each has a compressor registered in
-#: :mod:`earlytom_eval.compression.methods`; a peer method (FastV, VisionZip, HoliTom) is added there
-#: and here.
-METHODS = ("full", "earlytom")
+__all__ = [
+    "CompressionConfig",
+    "ConfigError",
+    "EARLYTOM_FIELDS",
+    "LlmCut",
+    "ModelFacts",
+    "MERGE_MODES",
+    "METHODS",
+    "load_config",
+]
+
+#: Methods that can be named in ``method``; each has a class in :mod:`earlytom_eval.compression.registry`.
+#: The peers' own hyperparameters are :mod:`.params` classes (``PARAMS_BY_METHOD``).
+METHODS = ("full", "earlytom", "visionzip", "holitom", "fastvid", "fastv", "dycoke", "tome")
 #: Stage 3 merge rules (``inner_merge``), implemented by :func:`earlytom_eval.compression.inner.merge_into_kept`.
 MERGE_MODES = ("fold", "mean")
+#: What an LLM cut does with the visual tokens it does not keep: merge them (``MERGE_MODES``) or drop them.
+CUT_MODES = MERGE_MODES + ("drop",)
+#: Fields that only EarlyTom (and ``full``'s stage-3 ablation) reads; a peer method's config may not set them.
+EARLYTOM_FIELDS = (
+    "tau", "max_window", "ema", "prune_layers", "D", "K", "beta", "inner_layer", "inner_ratio", "inner_merge"
+)
+#: Fields every method has.
+COMMON_FIELDS = ("method", "retention", "num_frames", "name", "description")
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid. The message is one line: field, value, what is allowed."""
+@dataclasses.dataclass(frozen=True)
+class ModelFacts:
+    """What a method's checks need to know of the model, read from its ``config.json`` before weights load.
+
+    Attributes:
+        encoder_layers: vision-encoder layers that run (up to the feature layer).
+        llm_layers: decoder layers of the LLM.
+        patch_grid: patches per side of a frame (27 for SigLIP at 384 px).
+        pooled_grid: tokens per side after the 2x2 pooling (14).
+    """
+
+    encoder_layers: int
+    llm_layers: int
+    patch_grid: int = 27
+    pooled_grid: int = 14
+
+    @property
+    def pooled_per_frame(self) -> int:
+        return self.pooled_grid * self.pooled_grid
+
+
+@dataclasses.dataclass(frozen=True)
+class LlmCut:
+    """Visual tokens cut inside the LLM: before layer ``layer`` (attention read at ``layer - 1``), a share
+    ``ratio`` of them goes, merged into the kept ones (``fold``/``mean``) or dropped (``drop``)."""
+
+    layer: int
+    ratio: float
+    mode: str = "fold"
 
 
 def _field_error(name: str, value: Any, allowed: str) -> ConfigError:
@@ -74,28 +119,63 @@ class CompressionConfig:
     inner_merge: str = "fold"
     name: str = ""
     description: str = ""
+    #: A peer method's own hyperparameters (:mod:`.params`); None for ``full`` and ``earlytom``.
+    params: MethodParams | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prune_layers", _as_layers(self.prune_layers))
         _validate(self)
+        params_class = PARAMS_BY_METHOD.get(self.method)
+        if params_class is None:
+            if self.params is not None:
+                raise ConfigError(f"method '{self.method}' takes no peer parameters, got {type(self.params).__name__}")
+        else:
+            params = self.params
+            if params is None or isinstance(params, Mapping):
+                params = _build_params(params_class, dict(params or {}))
+            elif not isinstance(params, params_class):
+                raise ConfigError(f"method '{self.method}' needs {params_class.__name__}, got {type(params).__name__}")
+            object.__setattr__(self, "params", params)
+            # EarlyTom's encoder and LLM stages are off for a peer method (its own stages come from params).
+            object.__setattr__(self, "prune_layers", ())
+            object.__setattr__(self, "inner_layer", None)
         if not self.name:
             object.__setattr__(self, "name", self.default_name())
 
     # ----------------------------------------------------------------------------------------- build
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
+        """The dataclass's own fields (``params`` excluded): EarlyTom's and the common ones."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "params")
+
+    @classmethod
+    def fields_for(cls, method: str) -> tuple[str, ...]:
+        """The flat keys a config of ``method`` may set."""
+        params_class = PARAMS_BY_METHOD.get(method)
+        if params_class is None:
+            return cls.field_names()
+        return COMMON_FIELDS + params_class.field_names()
+
+    @classmethod
+    def all_field_names(cls) -> tuple[str, ...]:
+        """Every flat key of any method."""
+        names = list(cls.field_names())
+        for params_class in PARAMS_BY_METHOD.values():
+            names += [n for n in params_class.field_names() if n not in names]
+        return tuple(names)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], **overrides: Any) -> CompressionConfig:
-        """Build from a flat mapping plus keyword overrides; unknown keys are an error."""
+        """Build from a flat mapping plus keyword overrides; unknown keys are an error.
+
+        For a peer method, the keys of its parameter class (:mod:`.params`) go to ``params``.
+        """
         merged = {**dict(values), **overrides}
-        unknown = sorted(set(merged) - set(cls.field_names()))
-        if unknown:
-            raise ConfigError(
-                f"unknown config field(s) {', '.join(map(repr, unknown))} (allowed: {', '.join(cls.field_names())})"
-            )
-        return cls(**merged)
+        method = merged.get("method", "earlytom")
+        if not isinstance(method, str) or method not in METHODS:
+            raise _field_error("method", method, " | ".join(METHODS))
+        base, params = _split_fields(method, merged)
+        return cls(**base, params=params if method in PARAMS_BY_METHOD else None)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> CompressionConfig:
@@ -117,19 +197,21 @@ class CompressionConfig:
         return cls.from_mapping(values, **overrides)
 
     def replace(self, **changes: Any) -> CompressionConfig:
-        """A copy with some fields changed (validated); the name is re-derived unless given."""
-        unknown = sorted(set(changes) - set(self.field_names()))
-        if unknown:
-            raise ConfigError(
-                f"unknown config field(s) {', '.join(map(repr, unknown))} (allowed: {', '.join(self.field_names())})"
-            )
+        """A copy with some flat fields changed (validated); the name is re-derived unless given.
+
+        Changing ``method`` starts from that method's defaults for everything not given.
+        """
         if "name" not in changes and self.name == self.default_name():
             changes["name"] = ""
-        return dataclasses.replace(self, **changes)
+        if "method" in changes and changes["method"] != self.method:
+            keep = {k: v for k, v in self.to_dict().items() if k in ("retention", "num_frames", "description")}
+            return CompressionConfig.from_mapping({**keep, "name": self.name, **changes})
+        return CompressionConfig.from_mapping({**self.to_dict(), **changes})
 
     def with_overrides(self, assignments: Mapping[str, str]) -> CompressionConfig:
         """Apply ``field -> string`` overrides as they come from a command line (``prune_layers=8;21;23``)."""
-        return self.replace(**{key: parse_field_value(key, text) for key, text in assignments.items()})
+        method = assignments.get("method", self.method)
+        return self.replace(**{key: parse_field_value(key, text, method) for key, text in assignments.items()})
 
     # ------------------------------------------------------------------------------------- queries
     @property
@@ -138,6 +220,17 @@ class CompressionConfig:
 
     def default_name(self) -> str:
         return "full" if self.method == "full" else f"{self.method}_r{self.retention:g}"
+
+    def llm_cuts(self) -> tuple[LlmCut, ...]:
+        """Where visual tokens are cut inside the LLM during the prefill (in layer order)."""
+        params = self.params
+        if self.method == "holitom" and params.inner_layer is not None:
+            return (LlmCut(params.inner_layer, params.inner_ratio, "fold"),)
+        if self.method == "fastv":
+            return (LlmCut(params.layer, 1.0 - self.retention, "drop"),)
+        if self.inner_layer is not None:
+            return (LlmCut(self.inner_layer, self.inner_ratio, self.inner_merge),)
+        return ()
 
     def check_encoder_depth(self, num_layers: int) -> None:
         """Raise ConfigError if a prune layer does not exist in an encoder of ``num_layers`` layers."""
@@ -153,18 +246,26 @@ class CompressionConfig:
 
     @property
     def merges_in_llm(self) -> bool:
-        """Whether stage 3 (token merging inside the LLM) runs."""
-        return self.inner_layer is not None
+        """Whether visual tokens are cut inside the LLM (EarlyTom's stage 3, HoliTom's inner stage, FastV)."""
+        return bool(self.llm_cuts())
 
     def check_llm_depth(self, num_layers: int) -> None:
-        """Raise ConfigError if stage 3's layer k leaves no LLM layer to run on the merged tokens."""
-        if self.inner_layer is not None and self.inner_layer > num_layers - 1:
-            raise _field_error(
-                "inner_layer", self.inner_layer, f"an LLM layer index in 1..{num_layers - 1} (the LLM has {num_layers})"
-            )
+        """Raise ConfigError if an LLM cut (or DyCoke's decode layer) is not inside an LLM of ``num_layers``."""
+        field = {"holitom": "inner_layer", "fastv": "layer"}.get(self.method, "inner_layer")
+        allowed = f"an LLM layer index in 1..{num_layers - 1} (the LLM has {num_layers})"
+        for cut in self.llm_cuts():
+            if cut.layer > num_layers - 1:
+                raise _field_error(field, cut.layer, allowed)
+        if self.method == "dycoke" and self.params.decode_layer > num_layers - 1:
+            raise _field_error("decode_layer", self.params.decode_layer, allowed)
 
     def to_dict(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
+        """The flat fields of this method (what a YAML file of it holds)."""
+        if self.params is not None:
+            values = {name: getattr(self, name) for name in COMMON_FIELDS}
+            values.update(self.params.to_dict())
+            return values
+        values = {name: getattr(self, name) for name in self.field_names()}
         values["prune_layers"] = list(self.prune_layers)
         return values
 
@@ -199,10 +300,20 @@ _INT_FIELDS = {"max_window", "K", "num_frames"}
 _FLOAT_FIELDS = {"retention", "tau", "ema", "D", "beta", "inner_ratio"}
 
 
-def parse_field_value(name: str, text: str) -> Any:
-    """Parse a command-line string for field ``name`` (lists use ';' or ',' between items)."""
+def parse_field_value(name: str, text: str, method: str | None = None) -> Any:
+    """Parse a command-line string for field ``name`` of ``method`` (lists use ';' or ',' between items).
+
+    Without ``method``, any method's field is accepted (the first method that has it decides its type).
+    """
+    params_class = PARAMS_BY_METHOD.get(method) if method else None
+    if params_class is not None and name in params_class.field_names():
+        return parse_param(params_class, name, text)
+    allowed = CompressionConfig.fields_for(method) if method in METHODS else CompressionConfig.all_field_names()
+    if name not in allowed:
+        raise ConfigError(f"unknown config field '{name}' (allowed: {', '.join(allowed)})")
     if name not in CompressionConfig.field_names():
-        raise ConfigError(f"unknown config field '{name}' (allowed: {', '.join(CompressionConfig.field_names())})")
+        owner = next(cls for cls in PARAMS_BY_METHOD.values() if name in cls.field_names())
+        return parse_param(owner, name, text)
     text = str(text).strip()
     if name == "prune_layers":
         items = [item for item in text.replace(",", ";").strip("[]").split(";") if item.strip()]
@@ -228,6 +339,39 @@ def parse_field_value(name: str, text: str) -> Any:
         except ValueError:
             raise _field_error(name, text, "a number") from None
     return text
+
+
+def _split_fields(method: str, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Flat keys -> (dataclass fields, peer parameters); a key the method does not have is an error."""
+    allowed = CompressionConfig.fields_for(method)
+    unknown = [key for key in values if key not in allowed]
+    if unknown:
+        others = [key for key in unknown if key in CompressionConfig.all_field_names()]
+        if others:
+            raise ConfigError(
+                f"config field(s) {', '.join(map(repr, others))} do not apply to method '{method}' "
+                f"(its fields: {', '.join(allowed)})"
+            )
+        raise ConfigError(f"unknown config field(s) {', '.join(map(repr, unknown))} (allowed: {', '.join(allowed)})")
+    params_class = PARAMS_BY_METHOD.get(method)
+    if params_class is None:
+        return values, {}
+    base = {key: value for key, value in values.items() if key in COMMON_FIELDS}
+    params = {key: value for key, value in values.items() if key not in COMMON_FIELDS}
+    return base, params
+
+
+def _build_params(params_class: type[MethodParams], values: dict[str, Any]) -> MethodParams:
+    unknown = sorted(set(values) - set(params_class.field_names()))
+    if unknown:
+        raise ConfigError(
+            f"unknown {params_class.method} field(s) {', '.join(map(repr, unknown))} "
+            f"(allowed: {', '.join(params_class.field_names())})"
+        )
+    try:
+        return params_class(**values)
+    except TypeError as err:  # pragma: no cover - dataclass signature errors are caught above
+        raise ConfigError(f"invalid {params_class.method} fields: {err}") from None
 
 
 def _as_layers(value: Any) -> tuple[int, ...]:

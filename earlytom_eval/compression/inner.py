@@ -19,6 +19,7 @@ __all__ = [
     "inner_keep_count",
     "last_query_attention",
     "merge_into_kept",
+    "plan_inner_drop",
     "plan_inner_merge",
 ]
 
@@ -116,3 +117,17 @@ def merge_into_kept(hidden: torch.Tensor, decision: InnerMergeDecision, mode: st
     merged = kept_coef[:, None] * x[kept]
     merged = merged.index_add(0, group, other_coef[:, None] * x[others])
     return merged.to(hidden.dtype)
+
+
+def plan_inner_drop(scores: torch.Tensor, keep: int) -> InnerMergeDecision:
+    """Keep the ``keep`` highest-scoring visual tokens and drop the others (FastV): nothing is merged.
+
+    The decision's ``assign`` maps each kept token to itself and every dropped one to -1.
+    """
+    num_visual = scores.shape[0]
+    if not 1 <= keep <= num_visual:
+        raise ValueError(f"tokens to keep must be in [1, {num_visual}], got {keep}")
+    kept = scores.topk(keep).indices.sort().values
+    assign = torch.full((num_visual,), -1, dtype=torch.long, device=scores.device)
+    assign[kept] = torch.arange(keep, device=scores.device)
+    return InnerMergeDecision(kept, assign)

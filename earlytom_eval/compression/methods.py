@@ -1,40 +1,70 @@
-"""Compression methods by name.
+"""One interface for every place a compression method acts, and the ``full`` and ``earlytom`` methods.
 
-A method is a :class:`VideoCompressor`: the model integration asks it which encoder layers it acts on
-(:meth:`~VideoCompressor.encoder_plan`), calls :meth:`~VideoCompressor.after_layer` after each of them,
-and hands it the projected, pooled features to :meth:`~VideoCompressor.select` from. Every method
-therefore runs through the same pipeline, under identical conditions. A new method (FastV, VisionZip,
-HoliTom...) subclasses :class:`VideoCompressor`, registers itself with :func:`register`, and is named in
-:data:`earlytom_eval.compression.config.METHODS`.
+A method is a :class:`CompressionMethod` built from its :class:`~.config.CompressionConfig`. The model
+integration (:mod:`earlytom_eval.models.llava_ov`) drives every method through the same pipeline and asks
+it, at each place:
+
+1. **inside the vision encoder** (:meth:`~CompressionMethod.encoder_plan`): after which layers to call
+   :meth:`~CompressionMethod.after_layer` (merge or drop frames: EarlyTom), in which layers to call
+   :meth:`~CompressionMethod.merge_in_layer` between the attention residual and the MLP (ToMe), and which
+   signals to compute, once and only where read: the attention each token receives at one layer, that
+   layer's head-averaged keys, the SigLIP attention-pooling head's probe attention and frame features;
+2. **after projector and pooling** (:meth:`~CompressionMethod.select`): the tokens sent to the LLM, as a
+   :class:`~.selection.TokenSelection` (with original positions where the method keeps RoPE gaps);
+3. **inside the LLM** (:meth:`~CompressionMethod.llm_cuts`): prune or merge visual tokens before chosen
+   layers, with a KV cache per layer group (several cuts work);
+4. **while decoding** (:meth:`~CompressionMethod.decode_pruning`): which layers attend to a pruned cache.
+
+Methods are pure tensor code plus their config: nothing here imports transformers. Each method is
+registered by name in :mod:`.registry`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from .config import CompressionConfig
+from .config import CompressionConfig, LlmCut, ModelFacts
+from .selection import TokenSelection, frame_major_index
 from .spatial import SpatialSelection, select_tokens
 from .temporal import FrameMergePlan, coarse_segments, frame_similarity, temporal_merge
 
-__all__ = ["EncoderPlan", "LayerOutcome", "VideoCompressor", "build_compressor", "register", "registered_methods"]
+__all__ = [
+    "CompressionMethod",
+    "EarlyTomMethod",
+    "EncoderPlan",
+    "EncoderSignals",
+    "FullMethod",
+    "LayerOutcome",
+    "spatial_to_token_selection",
+]
 
 Segment = tuple[int, int]
 
 
 @dataclass(frozen=True)
 class EncoderPlan:
-    """What a method needs from the vision encoder.
+    """What a method needs from the vision encoder (0-based layer indices among the layers that run).
 
     Attributes:
-        hook_layers: 0-based layers after which :meth:`VideoCompressor.after_layer` is called.
-        attention_layer: the layer whose received attention (``[T, S_v]``, mean over heads and queries)
-            is computed and passed to ``after_layer``; None if the method needs none.
+        hook_layers: layers after which :meth:`CompressionMethod.after_layer` is called.
+        attention_layer: the layer whose received attention (``[T, S_v]``: softmax of the layer's own
+            queries and keys, mean over heads and queries) is computed; None if none is read.
+        keys_layer: the layer whose keys, averaged over heads (``[T, S_v, d_head]``), are read.
+        merge_layers: layers in which :meth:`CompressionMethod.merge_in_layer` runs between the attention
+            residual and the MLP (the layer's keys are passed as the metric).
+        pooling_head: whether SigLIP's attention-pooling head runs on the encoder output (probe attention
+            ``[T, S_v]`` and frame features ``[T, D_v]``).
     """
 
     hook_layers: tuple[int, ...] = ()
     attention_layer: int | None = None
+    keys_layer: int | None = None
+    merge_layers: tuple[int, ...] = ()
+    pooling_head: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,44 +78,89 @@ class LayerOutcome:
     plan: FrameMergePlan | None = None
 
 
-class VideoCompressor:
-    """Base class, and the ``full`` method: every frame, every token."""
+@dataclass
+class EncoderSignals:
+    """What the encoder hands to :meth:`CompressionMethod.select`, pooled to the LLM's token grid.
+
+    Attributes:
+        frames_in: T0, frames that entered the encoder.
+        attention: ``[T', S]`` received attention (float32), or None.
+        keys: ``[T', S, d_head]`` head-averaged keys, or None.
+        probe_attention: ``[T', S]`` the pooling head's attention over the patches, or None.
+        frame_features: ``[T', D_v]`` the pooling head's output per frame, or None.
+        segments: final segments (post-merge frame indices) if the method decided them in the encoder.
+        state: the method's own per-video state (:meth:`CompressionMethod.encoder_state`).
+    """
+
+    frames_in: int
+    attention: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+    probe_attention: torch.Tensor | None = None
+    frame_features: torch.Tensor | None = None
+    segments: tuple[Segment, ...] | None = None
+    state: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class CompressionMethod:
+    """Base class, and the ``full`` method: every frame, every token, transformers' own pooling."""
 
     name = "full"
 
     def __init__(self, config: CompressionConfig):
         self.config = config
 
+    # -------------------------------------------------------------------------- checks
+    def check_model(self, facts: ModelFacts) -> None:
+        """Raise ConfigError (one line) if the method cannot run on a model with these facts."""
+        self.config.check_encoder_depth(facts.encoder_layers)
+        self.config.check_llm_depth(facts.llm_layers)
+
+    # -------------------------------------------------------------------------- encoder
     def encoder_plan(self, num_layers: int) -> EncoderPlan:
-        """``num_layers``: encoder layers that run (those before the feature layer)."""
+        """``num_layers``: encoder layers that run (those up to the feature layer)."""
         return EncoderPlan()
+
+    def encoder_state(self, frames_in: int, tokens_per_frame: int) -> Any:
+        """A fresh per-video state for :meth:`merge_in_layer` and :meth:`pool` (None if none is kept)."""
+        return None
 
     def after_layer(self, layer: int, hidden: torch.Tensor, attention: torch.Tensor | None) -> LayerOutcome:
         """Called after each layer of ``encoder_plan().hook_layers`` with ``hidden`` ``[T, S_v, D_v]``."""
         return LayerOutcome(hidden, attention)
 
-    def select(
-        self,
-        features: torch.Tensor,
-        attention: torch.Tensor | None,
-        segments: tuple[Segment, ...] | None,
-        frames_in: int,
-    ) -> SpatialSelection:
-        """Pick the tokens sent to the LLM from ``features`` ``[T', S, D]`` (pooled); newline not included."""
-        num_frames, num_tokens, dim = features.shape
-        every = torch.arange(num_tokens, device=features.device)
-        return SpatialSelection(
-            tokens=features.reshape(num_frames * num_tokens, dim),
-            kept=tuple(every for _ in range(num_frames)),
-            is_static=torch.zeros(num_frames, dtype=torch.bool),
-            rho_eff=1.0,
-            dynamic_count=num_tokens,
-            static_count=num_tokens,
-        )
+    def merge_in_layer(self, layer: int, hidden: torch.Tensor, keys: torch.Tensor, state: Any) -> torch.Tensor:
+        """Inside a layer of ``merge_layers``: ``hidden`` ``[T, N, D_v]`` after the attention residual, ``keys``
+        ``[T, N, d_head]`` the layer's head-averaged keys; returns the (fewer) tokens entering the MLP."""
+        return hidden
+
+    # -------------------------------------------------------------------------- after the projector
+    def pool(self, projected: torch.Tensor, pool_fn: Any, state: Any) -> torch.Tensor:
+        """``[T', N, D]`` projected tokens -> ``[T', S, D]`` with the model's own pooling (``pool_fn``)."""
+        return pool_fn(projected)
+
+    def select(self, features: torch.Tensor, signals: EncoderSignals) -> TokenSelection | SpatialSelection:
+        """Pick the tokens sent to the LLM from the pooled ``features`` ``[T', S, D]`` (newline not included)."""
+        frames, per_frame, dim = features.shape
+        source = torch.arange(frames * per_frame, device=features.device)
+        return TokenSelection(features.reshape(frames * per_frame, dim), source)
+
+    # -------------------------------------------------------------------------- LLM
+    def llm_cuts(self) -> tuple[LlmCut, ...]:
+        """Cuts of the visual tokens inside the LLM during the prefill."""
+        return self.config.llm_cuts()
+
+    def decode_pruning(self) -> Any:
+        """Settings of KV-cache pruning while decoding (DyCoke), or None."""
+        return None
 
 
-class EarlyTomCompressor(VideoCompressor):
-    """EarlyTom: temporal merging after each prune layer, then decoupled spatial selection.
+class FullMethod(CompressionMethod):
+    """``full``: no compression (an LLM cut from ``inner_layer`` is allowed as an ablation)."""
+
+
+class EarlyTomMethod(CompressionMethod):
+    """EarlyTom: temporal merging after each prune layer, then decoupled spatial selection, stage 3 optional.
 
     The received attention is computed only at the last prune layer. With no prune layers (the
     post-encoder ablation) nothing merges inside the encoder; the attention and the final segments are
@@ -109,44 +184,45 @@ class EarlyTomCompressor(VideoCompressor):
         )
         return LayerOutcome(result.hidden, result.attention, result.final_segments, result.plan)
 
-    def select(self, features, attention, segments, frames_in):
-        if attention is None or segments is None:
+    def select(self, features: torch.Tensor, signals: EncoderSignals) -> SpatialSelection:
+        if signals.attention is None or signals.segments is None:
             raise RuntimeError("earlytom selection needs the received attention and the final segments of the encoder")
         cfg = self.config
         return select_tokens(
             features,
-            attention,
-            segments,
+            signals.attention,
+            signals.segments,
             retention=cfg.retention,
-            frames_in=frames_in,
+            frames_in=signals.frames_in,
             D=cfg.D,
             K=cfg.K,
             beta=cfg.beta,
         )
 
 
-_REGISTRY: dict[str, type[VideoCompressor]] = {}
+def spatial_to_token_selection(
+    selection: SpatialSelection, frame_sources: tuple[tuple[int, ...], ...], tokens_per_frame: int
+) -> TokenSelection:
+    """EarlyTom's per-frame selection as a :class:`TokenSelection`: a kept token of a frame that is one input
+    frame unchanged gets its frame-major source index; tokens of merged frames and contextual tokens get -1."""
+    device = selection.tokens.device
+    sources = []
+    for frame, kept in enumerate(selection.kept):
+        origin = frame_sources[frame] if frame < len(frame_sources) else ()
+        count = int(kept.numel())
+        if len(origin) == 1:
+            frames = torch.full((count,), origin[0], device=device)
+            sources.append(frame_major_index(frames, kept.to(device), tokens_per_frame))
+        else:
+            sources.append(torch.full((count,), -1, dtype=torch.long, device=device))
+        budget = selection.static_count if bool(selection.is_static[frame]) else selection.dynamic_count
+        if budget > count:  # D > 0: the frame's contextual tokens follow its picks
+            sources.append(torch.full((budget - count,), -1, dtype=torch.long, device=device))
+    source = torch.cat(sources) if sources else torch.zeros(0, dtype=torch.long, device=device)
+    return TokenSelection(selection.tokens, source)
 
 
-def register(cls: type[VideoCompressor]) -> type[VideoCompressor]:
-    """Make a compressor available by its ``name``."""
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-register(VideoCompressor)
-register(EarlyTomCompressor)
-
-
-def registered_methods() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
-
-
-def build_compressor(config: CompressionConfig) -> VideoCompressor:
-    """The compressor for ``config.method``."""
-    try:
-        return _REGISTRY[config.method](config)
-    except KeyError:
-        raise ValueError(
-            f"no compressor registered for method {config.method!r} (registered: {', '.join(_REGISTRY)})"
-        ) from None
+def pooled_count(grid: int) -> int:
+    """Tokens per frame after LLaVA-OV's 2x2 bilinear pooling of a ``grid x grid`` patch map."""
+    side = math.ceil(grid / 2)
+    return side * side

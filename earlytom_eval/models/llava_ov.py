@@ -4,12 +4,11 @@ This module knows transformers, not lmms-eval. It does not fork the model file: 
 model's own modules (SigLIP embeddings and encoder layers, projector, pooling, input embeddings,
 ``generate``) and only changes what EarlyTom changes:
 
-1. the SigLIP encoder layers run one by one (SDPA, frames are the batch dimension); after the layers
-   the method names, the frames may be merged, so later layers run on fewer frames;
-2. the received attention is computed at one layer only, from that layer's queries and keys;
-3. after projector and pooling, the method selects the tokens; ONE ``image_newline`` token follows;
-4. the variable-length visual tokens replace the video placeholder inside the chat prompt, and the
-   model's ``generate`` runs greedily on the resulting ``inputs_embeds``.
+1. the SigLIP encoder runs layer by layer with the method's encoder stage (:mod:`.encoder`);
+2. after projector and pooling, the method selects the tokens; ONE ``image_newline`` token follows;
+3. the variable-length visual tokens replace the video placeholder inside the chat prompt (with original
+   position ids where the method keeps them);
+4. the LLM runs layer by layer (:mod:`.llm`) with the method's cuts and decodes greedily.
 
 With ``method: full`` the visual tokens, the prompt embeddings and therefore the logits are exactly
 those of transformers' own forward on the same inputs (tested). Images and text-only prompts go
@@ -29,54 +28,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..compression import SpatialSelection, VideoCompressor, build_compressor
-from ..compression.config import CompressionConfig, ConfigError, load_config
-from ..compression.temporal import compose_sources
+from ..compression.config import CompressionConfig, ConfigError, ModelFacts, load_config
+from ..compression.methods import CompressionMethod
+from ..compression.registry import build_method
 from ..dtypes import resolve_dtype
 from ..timing import StageTimer
 from . import llm
-from .llm import InnerMerge
+from .encoder import NULL_TIMER, VideoEncoding, encode_frames, received_attention
 
-__all__ = ["EarlyTomLlavaOnevision", "GenerationOutput", "VideoEncoding", "load_model", "received_attention"]
-
-Segment = tuple[int, int]
-# Bytes of float32 attention probabilities materialised at once when computing the received attention.
-_ATTENTION_CHUNK_BYTES = 256 * 2**20
-
-
-@dataclass(frozen=True)
-class VideoEncoding:
-    """The visual tokens of one video and how they came to be.
-
-    Attributes:
-        tokens: ``[N, D_llm]`` tokens sent to the LLM, the ``image_newline`` token last.
-        frames_in: T0, frames that entered the encoder.
-        frames_per_layer: frames each encoder layer processed (one entry per layer that ran).
-        segments: final segments as ``(start, end)`` post-merge frame indices (None for ``full``).
-        frame_sources: for each frame leaving the encoder, the input frames merged into it.
-        selection: the spatial selection (per-frame kept token indices, roles, rho').
-        offset: where the tokens start in their (unpadded) prompt, once spliced in; -1 before.
-    """
-
-    tokens: torch.Tensor
-    frames_in: int
-    frames_per_layer: tuple[int, ...]
-    segments: tuple[Segment, ...] | None
-    frame_sources: tuple[tuple[int, ...], ...]
-    selection: SpatialSelection
-    offset: int = -1
-
-    @property
-    def visual_tokens(self) -> int:
-        return int(self.tokens.shape[0])
-
-    @property
-    def rho_eff(self) -> float:
-        return self.selection.rho_eff
-
-    @property
-    def frames_out(self) -> int:
-        return len(self.selection.kept)
+__all__ = [
+    "EarlyTomLlavaOnevision",
+    "GenerationOutput",
+    "VideoEncoding",
+    "load_model",
+    "model_facts",
+    "received_attention",
+]
 
 
 @dataclass
@@ -93,34 +60,6 @@ class GenerationOutput:
     llm_tokens_per_layer: tuple[int, ...] = ()
 
 
-def received_attention(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Attention each token receives in a SigLIP encoder layer: softmax(QK^T) averaged over heads and queries.
-
-    Only this layer's queries and keys are recomputed (from ``layer_norm1`` and ``q_proj``/``k_proj``);
-    the probabilities are materialised a few frames at a time and reduced at once.
-
-    Args:
-        layer: a ``SiglipEncoderLayer``.
-        hidden: ``[T, S, D]`` the layer's input.
-    Returns:
-        ``[T, S]`` float32.
-    """
-    attn = layer.self_attn
-    num_frames, num_tokens, _ = hidden.shape
-    heads = attn.num_heads
-    x = layer.layer_norm1(hidden)
-    queries = attn.q_proj(x).view(num_frames, num_tokens, heads, -1).transpose(1, 2)
-    keys = attn.k_proj(x).view(num_frames, num_tokens, heads, -1).transpose(1, 2)
-    chunk = max(1, _ATTENTION_CHUNK_BYTES // (4 * heads * num_tokens * num_tokens))
-    out = []
-    for start in range(0, num_frames, chunk):
-        q = queries[start : start + chunk].float() * attn.scale
-        k = keys[start : start + chunk].float()
-        probs = torch.softmax(q @ k.transpose(-1, -2), dim=-1)  # [t, H, S, S]
-        out.append(probs.mean(dim=(1, 2)))
-    return torch.cat(out)
-
-
 class EarlyTomLlavaOnevision:
     """A LLaVA-OneVision model and processor with a compression method applied to its videos.
 
@@ -130,17 +69,15 @@ class EarlyTomLlavaOnevision:
         config: the compression config (validated against the encoder's depth here).
     """
 
-    def __init__(self, model: Any, processor: Any, config: CompressionConfig):
+    def __init__(self, model: Any, processor: Any, config: CompressionConfig, pooling_head: Any = None):
         self.model = model
         self.processor = processor
         self.config = config
         hf_config = model.config
-        if self.config.compresses:
-            _check_supported(hf_config)
+        self.method: CompressionMethod = checked_method(config, hf_config)
         self.num_layers_run = _feature_layer_depth(hf_config)
-        self.config.check_encoder_depth(self.num_layers_run)
-        self.config.check_llm_depth(hf_config.text_config.num_hidden_layers)
-        self.compressor: VideoCompressor = build_compressor(self.config)
+        #: SigLIP's attention-pooling head (FastVID), or None: ``[T, S_v, D_v]`` -> (probe, frame features).
+        self.pooling_head = pooling_head
         self.video_token_id = hf_config.video_token_id
         vision = hf_config.vision_config
         self.grid = vision.image_size // vision.patch_size
@@ -160,7 +97,7 @@ class EarlyTomLlavaOnevision:
 
     def with_config(self, config: CompressionConfig) -> EarlyTomLlavaOnevision:
         """The same weights with another compression config (nothing is reloaded)."""
-        return EarlyTomLlavaOnevision(self.model, self.processor, config)
+        return EarlyTomLlavaOnevision(self.model, self.processor, config, self.pooling_head)
 
     # ------------------------------------------------------------------------------ video path
     def preprocess_video(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -191,58 +128,14 @@ class EarlyTomLlavaOnevision:
         Returns:
             The video's visual tokens ``[N, D_llm]`` (newline last) with the frame schedule.
         """
-        timer = timer or _NULL_TIMER
-        hf = self.model.model
-        vision = getattr(hf.vision_tower, "vision_model", hf.vision_tower)  # transformers 4.x nests it
-        layers = vision.encoder.layers[: self.num_layers_run]
-        plan = self.compressor.encoder_plan(self.num_layers_run)
-        hooks = set(plan.hook_layers)
-        frames_in = int(pixel_values.shape[0])
-
-        with timer.stage("vision_encoder"):
-            hidden = vision.embeddings(pixel_values.to(self.device, self.dtype))
-        attention = None
-        segments = None
-        sources = tuple((frame,) for frame in range(frames_in))
-        frames_per_layer = []
-        # Runs of consecutive layers between the method's hooks are timed as one stage, so the device
-        # is synchronised only around the hooks.
-        cuts = {0, len(layers)} | {layer + 1 for layer in hooks}
-        if plan.attention_layer is not None:
-            cuts.add(plan.attention_layer)
-        bounds = sorted(cuts)
-        for start, stop in zip(bounds, bounds[1:]):
-            if start == plan.attention_layer:
-                with timer.stage("compression"):
-                    attention = received_attention(layers[start], hidden)
-            with timer.stage("vision_encoder"):
-                for index in range(start, stop):
-                    frames_per_layer.append(int(hidden.shape[0]))
-                    hidden = _layer_output(layers[index](hidden, None))
-            if stop - 1 in hooks:
-                with timer.stage("compression"):
-                    outcome = self.compressor.after_layer(stop - 1, hidden, attention)
-                hidden, attention = outcome.hidden, outcome.attention
-                if outcome.segments is not None:
-                    segments = outcome.segments
-                if outcome.plan is not None:
-                    sources = compose_sources(sources, outcome.plan)
-
-        with timer.stage("projector_pooling"):
-            features = hf.apply_pooling(hf.multi_modal_projector(hidden))  # [T', S, D_llm]
-            pooled_attention = self._pool_attention(attention) if attention is not None else None
-        with timer.stage("compression"):
-            selection = self.compressor.select(features, pooled_attention, segments, frames_in)
-            newline = hf.image_newline[None].to(selection.tokens.dtype)
-            tokens = torch.cat([selection.tokens, newline])
-        return VideoEncoding(tokens, frames_in, tuple(frames_per_layer), segments, sources, selection)
-
-    def _pool_attention(self, attention: torch.Tensor) -> torch.Tensor:
-        """``[T, S_v]`` -> ``[T, S]`` with the bilinear pooling the model applies to features."""
-        frames = attention.shape[0]
-        grid = attention.view(frames, 1, self.grid, self.grid)
-        size = [math.ceil(self.grid / 2)] * 2
-        return torch.nn.functional.interpolate(grid, size=size, mode="bilinear").view(frames, -1)
+        return encode_frames(
+            self.model.model,
+            self.method,
+            pixel_values.to(self.device, self.dtype),
+            self.num_layers_run,
+            pooling_head=self.pooling_head,
+            timer=timer,
+        )
 
     # ------------------------------------------------------------------------------ prompts
     def build_prompt(self, question: str, num_videos: int = 1, num_images: int = 0) -> str:
@@ -269,9 +162,10 @@ class EarlyTomLlavaOnevision:
             images: per prompt, a list of images (PIL or arrays), handled by transformers, uncompressed.
         Returns:
             ``(model_inputs, encodings, prompt_lengths)``: ``model_inputs`` has ``inputs_embeds``
-            ``[B, L, D]`` (left-padded), ``attention_mask`` ``[B, L]`` and any image inputs.
+            ``[B, L, D]`` (left-padded), ``attention_mask`` ``[B, L]``, ``position_ids`` ``[B, L]`` when a
+            method keeps original positions (gaps), and any image inputs.
         """
-        timer = timer or _NULL_TIMER
+        timer = timer or NULL_TIMER
         batch = len(prompts)
         videos = list(videos) if videos is not None else [[] for _ in prompts]
         images = list(images) if images is not None else [[] for _ in prompts]
@@ -282,6 +176,7 @@ class EarlyTomLlavaOnevision:
         embed = self.model.get_input_embeddings()
         rows: list[torch.Tensor] = []
         row_ids: list[torch.Tensor] = []
+        row_positions: list[torch.Tensor] = []
         encodings: list[list[VideoEncoding]] = []
         for index, (ids, mask, prompt_videos) in enumerate(
             zip(text_inputs["input_ids"], text_inputs["attention_mask"], videos)
@@ -298,22 +193,33 @@ class EarlyTomLlavaOnevision:
             id_pieces = []
             previous = 0
             offset = 0
+            position_pieces = []
+            next_position = 0
             for place, video in zip(places, prompt_videos):
                 with timer.stage("preprocess"):
                     pixel_values = self.preprocess_video(video)
                 pieces.append(embed(ids[previous:place]))
                 id_pieces.append(ids[previous:place])
+                position_pieces.append(torch.arange(place - previous, device=self.device) + next_position)
+                next_position += place - previous
                 offset += place - previous
                 encoding = dataclasses.replace(self.encode_video(pixel_values, timer=timer), offset=offset)
                 row_encodings.append(encoding)
                 pieces.append(encoding.tokens.to(pieces[-1].dtype))
                 id_pieces.append(ids.new_full((encoding.visual_tokens,), self.video_token_id))
+                if encoding.positions is None:
+                    position_pieces.append(torch.arange(encoding.visual_tokens, device=self.device) + next_position)
+                else:
+                    position_pieces.append(encoding.positions.to(self.device) + next_position)
+                next_position += encoding.span
                 offset += encoding.visual_tokens
                 previous = place + 1
             pieces.append(embed(ids[previous:]))
             id_pieces.append(ids[previous:])
+            position_pieces.append(torch.arange(len(ids) - previous, device=self.device) + next_position)
             rows.append(torch.cat(pieces))
             row_ids.append(torch.cat(id_pieces))
+            row_positions.append(torch.cat(position_pieces))
             encodings.append(row_encodings)
 
         lengths = [int(row.shape[0]) for row in rows]
@@ -322,13 +228,18 @@ class EarlyTomLlavaOnevision:
         input_ids = torch.full((batch, longest), pad_id, dtype=torch.long, device=self.device)
         inputs_embeds = embed(input_ids)
         attention_mask = torch.zeros(batch, longest, dtype=torch.long, device=self.device)
-        for b, (row, ids) in enumerate(zip(rows, row_ids)):  # left padding, as transformers' generation expects
+        position_ids = torch.zeros(batch, longest, dtype=torch.long, device=self.device)
+        for b, (row, ids, pos) in enumerate(zip(rows, row_ids, row_positions)):  # left padding, as generate expects
             inputs_embeds[b, longest - row.shape[0] :] = row
             input_ids[b, longest - row.shape[0] :] = ids
             attention_mask[b, longest - row.shape[0] :] = 1
+            position_ids[b, longest - row.shape[0] :] = pos
         if flat_images:
             inputs_embeds = self._scatter_image_features(text_inputs, input_ids, inputs_embeds)
-        return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}, encodings, lengths
+        model_inputs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
+        if any(e.positions is not None for row_encodings in encodings for e in row_encodings):
+            model_inputs["position_ids"] = position_ids
+        return model_inputs, encodings, lengths
 
     def _scatter_image_features(self, text_inputs: Any, input_ids: torch.Tensor, inputs_embeds: torch.Tensor):
         """Put transformers' own (uncompressed, anyres) image features at the image placeholders, as its forward."""
@@ -365,21 +276,27 @@ class EarlyTomLlavaOnevision:
     ) -> Prefill:
         """Run the LLM over the prompts (cache kept) and pick each prompt's first token greedily.
 
-        With stage 3 on (``config.inner_layer``), the video tokens are merged before layer k; that needs
-        the batch's ``encodings`` (from :meth:`prepare_inputs`) to locate them. Timer stages:
-        ``llm_prefill``, ``inner_merge`` (stage 3) and ``first_token``.
+        With LLM cuts (EarlyTom's stage 3, HoliTom's inner stage, FastV), the video tokens are cut before the
+        method's layers; that needs the batch's ``encodings`` (from :meth:`prepare_inputs`) to locate them.
+        Timer stages: ``llm_prefill``, ``inner_merge`` (the cuts) and ``first_token``.
         """
-        timer = timer or _NULL_TIMER
+        timer = timer or NULL_TIMER
         embeds, mask = model_inputs["inputs_embeds"], model_inputs["attention_mask"]
-        inner = None
+        cuts = self.method.llm_cuts()
         visual_mask = None
-        if self.config.merges_in_llm:
+        if cuts:
             if encodings is None:
-                raise ValueError("stage 3 (inner_layer) needs the encodings returned by prepare_inputs")
-            cfg = self.config
-            inner = InnerMerge(cfg.inner_layer, cfg.inner_ratio, cfg.inner_merge)
+                raise ValueError(f"the LLM cuts of '{self.method.name}' need the encodings returned by prepare_inputs")
             visual_mask = visual_token_mask(mask, encodings)
-        state = llm.prefill(self.model, embeds, mask, visual_mask=visual_mask, inner=inner, timer=timer)
+        state = llm.prefill(
+            self.model,
+            embeds,
+            mask,
+            visual_mask=visual_mask,
+            cuts=cuts,
+            positions=model_inputs.get("position_ids"),
+            timer=timer,
+        )
         with timer.stage("first_token"):
             first = state.logits.argmax(dim=-1)
         return Prefill(first, state)
@@ -533,10 +450,7 @@ def load_model(
 
     cfg = load_config(config, **overrides)
     hf_config = AutoConfig.from_pretrained(str(pretrained))
-    if cfg.compresses:
-        _check_supported(hf_config)
-    cfg.check_encoder_depth(_feature_layer_depth(hf_config))
-    cfg.check_llm_depth(hf_config.text_config.num_hidden_layers)
+    checked_method(cfg, hf_config)  # every config error before any weights load
 
     torch_dtype = dtype if dtype is None or dtype == "auto" else resolve_dtype(dtype)
     kwargs: dict[str, Any] = {"attn_implementation": attn_implementation}
@@ -544,32 +458,46 @@ def load_model(
         kwargs["dtype"] = torch_dtype
     if device_map is not None:
         kwargs["device_map"] = device_map
+    pooling_head = load_pooling_head(cfg, str(pretrained), hf_config, torch_dtype) if cfg.method == "fastvid" else None
     model = LlavaOnevisionForConditionalGeneration.from_pretrained(str(pretrained), **kwargs)
     if device_map is None and device is not None:
         model = model.to(device)
     model.eval()
     processor = AutoProcessor.from_pretrained(str(pretrained))
-    return EarlyTomLlavaOnevision(model, processor, cfg)
+    if pooling_head is not None:
+        pooling_head = pooling_head.to(model.device)
+    return EarlyTomLlavaOnevision(model, processor, cfg, pooling_head)
+
+
+def load_pooling_head(config: CompressionConfig, pretrained: str, hf_config: Any, dtype: Any) -> Any:
+    """SigLIP's attention-pooling head for FastVID (see :mod:`.pooling_head`)."""
+    from .pooling_head import load_pooling_head as load
+
+    return load(config.params.head_weights, pretrained, hf_config.vision_config, dtype)
+
+
+def model_facts(hf_config: Any) -> ModelFacts:
+    """What a method's checks need from a LLaVA-OneVision ``config.json``."""
+    vision = hf_config.vision_config
+    grid = vision.image_size // vision.patch_size
+    return ModelFacts(
+        encoder_layers=_feature_layer_depth(hf_config),
+        llm_layers=hf_config.text_config.num_hidden_layers,
+        patch_grid=grid,
+        pooled_grid=math.ceil(grid / 2),
+    )
+
+
+def checked_method(config: CompressionConfig, hf_config: Any) -> CompressionMethod:
+    """The method of ``config``, checked against the model (one ConfigError line if it cannot run)."""
+    if config.compresses:
+        _check_supported(hf_config)
+    method = build_method(config)
+    method.check_model(model_facts(hf_config))
+    return method
 
 
 # ---------------------------------------------------------------------------------- helpers
-class _NullTimer(StageTimer):
-    """A timer that records nothing and never synchronises."""
-
-    def stage(self, name: str):  # type: ignore[override]
-        from contextlib import nullcontext
-
-        return nullcontext()
-
-
-_NULL_TIMER = _NullTimer()
-
-
-def _layer_output(output: Any) -> torch.Tensor:
-    """transformers 5 encoder layers return a tensor, 4.x a 1-tuple."""
-    return output[0] if isinstance(output, tuple) else output
-
-
 def _feature_layer_depth(hf_config: Any) -> int:
     """How many encoder layers run to produce the features (``vision_feature_layer`` -1 -> all of them)."""
     depth = hf_config.vision_config.num_hidden_layers

@@ -5,38 +5,35 @@ This module knows transformers (the decoder layers, rotary embedding, ``create_c
 ``Qwen2Model.forward`` does, which is what allows stage 3 to cut the sequence between two layers.
 
 Layers are run in *groups* that share a 2-D attention mask over the tokens they hold in the cache.
-Without stage 3 there is one group (all layers, the full sequence) and the result is exactly
-transformers' forward. With stage 3 (layer k) there are two: layers ``< k`` keep the full sequence in
-their cache, layers ``>= k`` the merged one; every token keeps its original position id, and new tokens
-are numbered from the full length.
+Without LLM cuts there is one group (all layers, the full sequence) and the result is exactly
+transformers' forward. Each cut at layer k (EarlyTom's stage 3, HoliTom's inner stage, FastV) starts a new
+group: layers before k keep the longer sequence in their cache, layers from k on the cut one; every token
+keeps its original position id, and new tokens are numbered from the full length.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ..compression.config import LlmCut
 from ..compression.inner import (
     InnerMergeDecision,
     inner_keep_count,
     last_query_attention,
     merge_into_kept,
+    plan_inner_drop,
     plan_inner_merge,
 )
 from ..timing import StageTimer
 
 __all__ = ["InnerMerge", "LayerGroup", "LlmState", "decode_step", "prefill"]
 
-
-@dataclass(frozen=True)
-class InnerMerge:
-    """Stage-3 settings: merge at layer ``layer`` (k), keeping ``round(Nv * (1 - ratio))`` visual tokens."""
-
-    layer: int
-    ratio: float
-    mode: str = "fold"
+#: A cut inside the LLM (kept under its stage-3 name for callers that build one by hand).
+InnerMerge = LlmCut
 
 
 @dataclass
@@ -59,7 +56,7 @@ class LlmState:
         cache: the ``DynamicCache`` (its layers may hold different lengths).
         groups: the layer groups with their masks.
         next_positions: ``[B]`` position id of each row's next token (counted on the FULL sequence).
-        decisions: stage-3 merge decisions per row (None without stage 3).
+        decisions: per row, the decision of the first LLM cut (None without cuts).
         tokens_per_layer: per row, the tokens each LLM layer processed during the prefill.
     """
 
@@ -134,14 +131,14 @@ def _merge_rows(
     positions: torch.Tensor,
     visual_mask: torch.Tensor,
     scores: torch.Tensor | None,
-    spec: InnerMerge,
+    spec: LlmCut,
     forced: list[InnerMergeDecision | None] | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[InnerMergeDecision | None]]:
-    """Merge each row's visual span and re-pad the shorter rows on the left.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[InnerMergeDecision | None]]:
+    """Cut each row's visual span (merge or drop) and re-pad the shorter rows on the left.
 
-    Returns ``(hidden [B, L', D], mask2d [B, L'], positions [B, L'], decisions)``.
+    Returns ``(hidden [B, L', D], mask2d [B, L'], positions [B, L'], visual_mask [B, L'], decisions)``.
     """
-    rows, row_positions, decisions = [], [], []
+    rows, row_positions, row_visual, decisions = [], [], [], []
     for b in range(hidden.shape[0]):
         real = mask2d[b].bool()
         span = (visual_mask[b] & real).nonzero().squeeze(1)
@@ -151,27 +148,33 @@ def _merge_rows(
         if span.numel():
             if forced is not None:
                 decision = forced[b]
+            elif spec.mode == "drop":
+                decision = plan_inner_drop(scores[b, span], inner_keep_count(span.numel(), spec.ratio))
             else:
                 count = inner_keep_count(span.numel(), spec.ratio)
                 decision = plan_inner_merge(scores[b, span], hidden[b, span], count)
-            row = row.clone()
-            row[span[decision.kept]] = merge_into_kept(hidden[b, span], decision, spec.mode)
+            if spec.mode != "drop":
+                row = row.clone()
+                row[span[decision.kept]] = merge_into_kept(hidden[b, span], decision, spec.mode)
             keep[span] = False
             keep[span[decision.kept]] = True
         index = keep.nonzero().squeeze(1)
         rows.append(row[index])
         row_positions.append(positions[b, index])
+        row_visual.append(visual_mask[b, index])
         decisions.append(decision)
     length = max(int(r.shape[0]) for r in rows)
     batch, dim = hidden.shape[0], hidden.shape[-1]
     out = hidden.new_zeros(batch, length, dim)
     out_mask = mask2d.new_zeros(batch, length)
     out_positions = positions.new_zeros(batch, length)
-    for b, (row, pos) in enumerate(zip(rows, row_positions)):
+    out_visual = visual_mask.new_zeros(batch, length)
+    for b, (row, pos, vis) in enumerate(zip(rows, row_positions, row_visual)):
         out[b, length - row.shape[0] :] = row
         out_mask[b, length - row.shape[0] :] = 1
         out_positions[b, length - row.shape[0] :] = pos
-    return out, out_mask, out_positions, decisions
+        out_visual[b, length - row.shape[0] :] = vis
+    return out, out_mask, out_positions, out_visual, decisions
 
 
 def prefill(
@@ -180,63 +183,70 @@ def prefill(
     attention_mask: torch.Tensor,
     *,
     visual_mask: torch.Tensor | None = None,
-    inner: InnerMerge | None = None,
+    cuts: Sequence[LlmCut] = (),
+    inner: LlmCut | None = None,
+    positions: torch.Tensor | None = None,
     forced: list[InnerMergeDecision | None] | None = None,
     all_logits: bool = False,
     timer: StageTimer | None = None,
 ) -> LlmState:
-    """LLM prefill of a left-padded batch, with optional stage-3 merging.
+    """LLM prefill of a left-padded batch, with the visual tokens cut at zero or more layers.
 
     Args:
         model: ``LlavaOnevisionForConditionalGeneration``.
         inputs_embeds: ``[B, L, D]``; attention_mask: ``[B, L]`` (0 = left padding).
-        visual_mask: ``[B, L]`` bool, the video tokens (stage 3's visual span, newline included).
-        inner: stage-3 settings, or None.
-        forced: per row, merge decisions to apply instead of computing them (tests: a cache-free
+        visual_mask: ``[B, L]`` bool, the video tokens (the cuts' visual span, newline included).
+        cuts: the LLM cuts, each at its own layer (``inner``: one cut, the stage-3 spelling).
+        positions: ``[B, L]`` position ids (default: counted over the real tokens); a method that keeps
+            original RoPE positions (FastVID) passes them with gaps.
+        forced: per row, decisions to apply at the first cut instead of computing them (tests: a cache-free
             forward with the same decisions as a decode run).
         all_logits: return logits for every position instead of the last one.
-        timer: records ``llm_prefill`` (stage 3's scoring and merging: ``inner_merge``).
+        timer: records ``llm_prefill`` (the cuts' scoring and merging: ``inner_merge``).
     """
     timer = timer or StageTimer(None)
     lm = _language_model(model)
     from transformers import DynamicCache
 
-    positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    cuts = sorted([*cuts, *([inner] if inner is not None else [])], key=lambda cut: cut.layer)
+    if cuts and visual_mask is None:
+        raise ValueError("an LLM cut needs the visual-token mask of the batch")
+    if positions is None:
+        positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    next_positions = positions[:, -1] + 1
     cache = DynamicCache(config=lm.config)
     num_layers = len(lm.layers)
-    lengths = attention_mask.sum(-1).tolist()
-    if inner is None:
+    groups: list[LayerGroup] = []
+    decisions = None
+    per_layer: list[list[int]] = [[] for _ in range(inputs_embeds.shape[0])]
+    hidden, mask, start = inputs_embeds, attention_mask, 0
+    for number, cut in enumerate(cuts):
+        k = cut.layer
         with timer.stage("llm_prefill"):
-            hidden, _ = _run_layers(lm, inputs_embeds, attention_mask, positions, cache, 0, num_layers)
-        groups = [LayerGroup(0, num_layers, attention_mask, positions)]
-        decisions = None
-        tokens_per_layer = [(int(n),) * num_layers for n in lengths]
-        next_positions = positions[:, -1] + 1
-    else:
-        if visual_mask is None:
-            raise ValueError("stage 3 needs the visual-token mask of the batch")
-        k = inner.layer
-        with timer.stage("llm_prefill"):
-            hidden, layer_input = _run_layers(
-                lm, inputs_embeds, attention_mask, positions, cache, 0, k, keep_input_of=k - 1
-            )
+            hidden, layer_input = _run_layers(lm, hidden, mask, positions, cache, start, k, keep_input_of=k - 1)
+        groups.append(LayerGroup(start, k, mask, positions))
+        for row, n in zip(per_layer, mask.sum(-1).tolist()):
+            row.extend([int(n)] * (k - start))
         with timer.stage("inner_merge"):
+            given = forced if number == 0 else None
             scores = None
-            if forced is None:
-                scores = _last_token_scores(lm, k - 1, layer_input, positions, cache, attention_mask)
-            next_positions = positions[:, -1] + 1
-            merged, merged_mask, merged_positions, decisions = _merge_rows(
-                hidden, attention_mask, positions, visual_mask, scores, inner, forced
+            if given is None:
+                scores = _last_token_scores(lm, k - 1, layer_input, positions, cache, mask)
+            hidden, mask, positions, visual_mask, cut_decisions = _merge_rows(
+                hidden, mask, positions, visual_mask, scores, cut, given
             )
-        with timer.stage("llm_prefill"):
-            hidden, _ = _run_layers(lm, merged, merged_mask, merged_positions, cache, k, num_layers)
-        groups = [LayerGroup(0, k, attention_mask, positions), LayerGroup(k, num_layers, merged_mask, merged_positions)]
-        after = merged_mask.sum(-1).tolist()
-        tokens_per_layer = [(int(n),) * k + (int(m),) * (num_layers - k) for n, m in zip(lengths, after)]
+        if decisions is None:
+            decisions = cut_decisions
+        start = k
+    with timer.stage("llm_prefill"):
+        hidden, _ = _run_layers(lm, hidden, mask, positions, cache, start, num_layers)
+    groups.append(LayerGroup(start, num_layers, mask, positions))
+    for row, n in zip(per_layer, mask.sum(-1).tolist()):
+        row.extend([int(n)] * (num_layers - start))
     with timer.stage("llm_prefill"):
         normed = lm.norm(hidden)
         logits = model.lm_head(normed if all_logits else normed[:, -1])
-    return LlmState(logits, cache, groups, next_positions, decisions, tokens_per_layer)
+    return LlmState(logits, cache, groups, next_positions, decisions, [tuple(row) for row in per_layer])
 
 
 def decode_step(model: Any, state: LlmState, tokens: torch.Tensor) -> torch.Tensor:

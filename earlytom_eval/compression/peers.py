@@ -1,0 +1,89 @@
+"""The peer methods on the one interface of :mod:`.methods`: VisionZip, HoliTom and FastV.
+
+Thin adapters: each says where it acts and which signals it reads, and calls its pure tensor functions
+(:mod:`.visionzip`, :mod:`.holitom`; FastV is an LLM cut, done by the model integration). Sources followed:
+see each tensor module's docstring.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import ConfigError, ModelFacts
+from .holitom import holitom_outer
+from .methods import CompressionMethod, EncoderPlan, EncoderSignals
+from .selection import TokenSelection
+from .visionzip import visionzip_counts, visionzip_select
+
+__all__ = ["FastVMethod", "HoliTomMethod", "VisionZipMethod", "seeded_generator"]
+
+
+def seeded_generator(enabled: bool, seed: int, device: torch.device) -> torch.Generator | None:
+    """The generator of the references' density noise: a fresh one per video, seeded, or None (no noise)."""
+    if not enabled:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+class VisionZipMethod(CompressionMethod):
+    """VisionZip (HoliTom's LLaVA-OV port): per frame, dominant tokens by the last encoder layer's received
+    attention and contextual tokens merged by that layer's head-averaged keys, after projector and pooling."""
+
+    name = "visionzip"
+
+    def counts(self, tokens_per_frame: int) -> tuple[int, int]:
+        """(dominant, contextual) tokens per frame."""
+        params = self.config.params
+        spatial = params.spatial_tokens or max(1, round(tokens_per_frame * self.config.retention))
+        return visionzip_counts(min(spatial, tokens_per_frame), params.dominant_ratio)
+
+    def check_model(self, facts: ModelFacts) -> None:
+        super().check_model(facts)
+        spatial = self.config.params.spatial_tokens
+        if spatial is not None and spatial > facts.pooled_per_frame:
+            raise ConfigError(
+                f"invalid visionzip field 'spatial_tokens': {spatial} (allowed: 1..{facts.pooled_per_frame}, "
+                "the tokens of a pooled frame)"
+            )
+
+    def encoder_plan(self, num_layers: int) -> EncoderPlan:
+        last = num_layers - 1
+        return EncoderPlan(attention_layer=last, keys_layer=last)
+
+    def select(self, features: torch.Tensor, signals: EncoderSignals) -> TokenSelection:
+        dominant, contextual = self.counts(features.shape[1])
+        return visionzip_select(features, signals.attention, signals.keys, dominant, contextual)
+
+
+class HoliTomMethod(CompressionMethod):
+    """HoliTom: the outer stage after projector and pooling (last encoder layer's received attention), and the
+    inner stage inside the LLM (an LLM cut, ``fold`` merge at ``inner_layer``)."""
+
+    name = "holitom"
+
+    def encoder_plan(self, num_layers: int) -> EncoderPlan:
+        return EncoderPlan(attention_layer=num_layers - 1)
+
+    def select(self, features: torch.Tensor, signals: EncoderSignals) -> TokenSelection:
+        params = self.config.params
+        result = holitom_outer(
+            features,
+            signals.attention,
+            retention=self.config.retention,
+            tau=params.tau,
+            beta=params.beta,
+            D=params.D,
+            K=params.K,
+            max_window=params.max_window,
+            generator=seeded_generator(params.density_noise, params.seed, features.device),
+        )
+        return result.selection
+
+
+class FastVMethod(CompressionMethod):
+    """FastV: every visual token enters the LLM; before layer K the last prompt token's attention at layer
+    K - 1 keeps ``round(N * retention)`` of them and drops the rest (an LLM cut, ``drop``)."""
+
+    name = "fastv"
