@@ -39,6 +39,7 @@ __all__ = [
     "EncoderSignals",
     "FullMethod",
     "LayerOutcome",
+    "PlannedCounts",
     "spatial_to_token_selection",
 ]
 
@@ -76,6 +77,23 @@ class LayerOutcome:
     attention: torch.Tensor | None
     segments: tuple[Segment, ...] | None = None
     plan: FrameMergePlan | None = None
+
+
+@dataclass(frozen=True)
+class PlannedCounts:
+    """Token counts of one video known before any data is seen (for FLOP accounting and tables).
+
+    Attributes:
+        visual_tokens: tokens spliced into the LLM, newline included (an upper bound if not ``exact``).
+        exact: whether every clip gets exactly this count (False: data-dependent, the count is a bound).
+        tokens_per_layer: tokens per frame each encoder layer processes (None: every layer sees all patches).
+        frames_per_layer: frames each encoder layer processes (None: every layer sees all frames).
+    """
+
+    visual_tokens: int
+    exact: bool = True
+    tokens_per_layer: tuple[int, ...] | None = None
+    frames_per_layer: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -145,6 +163,11 @@ class CompressionMethod:
         source = torch.arange(frames * per_frame, device=features.device)
         return TokenSelection(features.reshape(frames * per_frame, dim), source)
 
+    def planned_counts(self, facts: ModelFacts, frames: int) -> PlannedCounts | None:
+        """Counts known without data (see :class:`PlannedCounts`); None where only a run can tell (EarlyTom's
+        frame merging: :mod:`earlytom_eval.efficiency.schedules` bounds it)."""
+        return PlannedCounts(frames * facts.pooled_per_frame + 1)
+
     # -------------------------------------------------------------------------- LLM
     def llm_cuts(self) -> tuple[LlmCut, ...]:
         """Cuts of the visual tokens inside the LLM during the prefill."""
@@ -168,6 +191,9 @@ class EarlyTomMethod(CompressionMethod):
     """
 
     name = "earlytom"
+
+    def planned_counts(self, facts: ModelFacts, frames: int) -> PlannedCounts | None:
+        return None
 
     def encoder_plan(self, num_layers: int) -> EncoderPlan:
         layers = self.config.prune_layers or (num_layers - 1,)

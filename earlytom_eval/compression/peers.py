@@ -7,11 +7,13 @@ see each tensor module's docstring.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .config import ConfigError, ModelFacts
 from .holitom import holitom_outer
-from .methods import CompressionMethod, EncoderPlan, EncoderSignals
+from .methods import CompressionMethod, EncoderPlan, EncoderSignals, PlannedCounts
 from .selection import TokenSelection
 from .visionzip import visionzip_counts, visionzip_select
 
@@ -48,6 +50,10 @@ class VisionZipMethod(CompressionMethod):
                 "the tokens of a pooled frame)"
             )
 
+    def planned_counts(self, facts: ModelFacts, frames: int) -> PlannedCounts:
+        dominant, contextual = self.counts(facts.pooled_per_frame)
+        return PlannedCounts(frames * (dominant + contextual) + 1)
+
     def encoder_plan(self, num_layers: int) -> EncoderPlan:
         last = num_layers - 1
         return EncoderPlan(attention_layer=last, keys_layer=last)
@@ -62,6 +68,11 @@ class HoliTomMethod(CompressionMethod):
     inner stage inside the LLM (an LLM cut, ``fold`` merge at ``inner_layer``)."""
 
     name = "holitom"
+
+    def planned_counts(self, facts: ModelFacts, frames: int) -> PlannedCounts:
+        """Upper bound: no static window (every frame keeps ``ceil(S * rho)``; exact on such clips)."""
+        per_frame = min(facts.pooled_per_frame, math.ceil(facts.pooled_per_frame * self.config.retention))
+        return PlannedCounts(frames * per_frame + 1, exact=False)
 
     def encoder_plan(self, num_layers: int) -> EncoderPlan:
         return EncoderPlan(attention_layer=num_layers - 1)
