@@ -253,11 +253,12 @@ class CompressionConfig:
         """Raise ConfigError if an LLM cut (or DyCoke's decode layer) is not inside an LLM of ``num_layers``."""
         field = {"holitom": "inner_layer", "fastv": "layer"}.get(self.method, "inner_layer")
         allowed = f"an LLM layer index in 1..{num_layers - 1} (the LLM has {num_layers})"
+        owner = self.method if self.params is not None else "config"
         for cut in self.llm_cuts():
             if cut.layer > num_layers - 1:
-                raise _field_error(field, cut.layer, allowed)
+                raise ConfigError(f"invalid {owner} field '{field}': {cut.layer!r} (allowed: {allowed})")
         if self.method == "dycoke" and self.params.decode_layer > num_layers - 1:
-            raise _field_error("decode_layer", self.params.decode_layer, allowed)
+            raise ConfigError(f"invalid dycoke field 'decode_layer': {self.params.decode_layer!r} (allowed: {allowed})")
 
     def to_dict(self) -> dict[str, Any]:
         """The flat fields of this method (what a YAML file of it holds)."""
