@@ -27,7 +27,8 @@ FACTS_7B = ModelFacts(encoder_layers=26, llm_layers=28)
 @pytest.fixture(scope="module")
 def tiny1(one_thread):
     """The tiny preset of seed 1 (seed 0 answers the same token whatever it is shown)."""
-    return EarlyTomLlavaOnevision(build_model("tiny", seed=1), build_processor("tiny"), CompressionConfig(method="full"))
+    full = CompressionConfig(method="full")
+    return EarlyTomLlavaOnevision(build_model("tiny", seed=1), build_processor("tiny"), full)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,10 @@ def _run(model, cfg, clip, question="What happens?"):
 
 
 # ------------------------------------------------------------------------------------------- configs
-@pytest.mark.parametrize("path", sorted(glob.glob(str(REPO / "configs" / "*_r0.*.yaml"))), ids=lambda p: Path(p).stem)
+SHIPPED = sorted(glob.glob(str(REPO / "configs" / "*_r0.*.yaml")))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: Path(p).stem)
 def test_every_shipped_config_validates_and_names_its_method_and_ratio(path):
     cfg = load_config(path)
     method, _, ratio = Path(path).stem.rpartition("_r")
@@ -66,15 +70,15 @@ def test_every_method_is_named_in_the_config_and_has_its_parameters_or_none():
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"method": "visionzip", "prune_layers": [3]}, "config field(s) 'prune_layers' do not apply to method 'visionzip'"),
-        ({"method": "visionzip", "dominant_ratio": 1.5}, "invalid visionzip field 'dominant_ratio': 1.5 (allowed: a number in [0, 1])"),
+        ({"method": "visionzip", "prune_layers": [3]}, "field(s) 'prune_layers' do not apply to method 'visionzip'"),
+        ({"method": "visionzip", "dominant_ratio": 1.5}, "field 'dominant_ratio': 1.5 (allowed: a number in [0, 1])"),
         ({"method": "holitom", "K": 0}, "invalid holitom field 'K': 0 (allowed: an integer >= 1)"),
-        ({"method": "holitom", "inner_ratio": 1.0}, "invalid holitom field 'inner_ratio': 1.0 (allowed: a number in [0, 1))"),
+        ({"method": "holitom", "inner_ratio": 1.0}, "holitom field 'inner_ratio': 1.0 (allowed: a number in [0, 1))"),
         ({"method": "fastv", "layer": 0}, "invalid fastv field 'layer': 0 (allowed: an integer >= 1)"),
-        ({"method": "fastv", "spatial_tokens": 3}, "config field(s) 'spatial_tokens' do not apply to method 'fastv'"),
+        ({"method": "fastv", "spatial_tokens": 3}, "field(s) 'spatial_tokens' do not apply to method 'fastv'"),
         ({"method": "tome", "merge_num": -1}, "invalid tome field 'merge_num': -1"),
-        ({"method": "dycoke", "decode_pruning": "yes"}, "invalid dycoke field 'decode_pruning': 'yes' (allowed: true or false)"),
-        ({"method": "earlytom", "spatial_tokens": 3}, "config field(s) 'spatial_tokens' do not apply to method 'earlytom'"),
+        ({"method": "dycoke", "decode_pruning": "yes"}, "field 'decode_pruning': 'yes' (allowed: true or false)"),
+        ({"method": "earlytom", "spatial_tokens": 3}, "field(s) 'spatial_tokens' do not apply to method 'earlytom'"),
         ({"method": "holitom", "bogus": 1}, "unknown config field(s) 'bogus'"),
     ],
 )
