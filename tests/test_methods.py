@@ -208,3 +208,25 @@ def test_unimplemented_or_misfitting_method_is_one_line_before_anything_runs(tin
     with pytest.raises(ConfigError, match=r"invalid visionzip field 'spatial_tokens': 20 \(allowed: 1\.\.16"):
         tiny1.with_config(load_config(REPO / "configs" / "visionzip_r0.10.yaml"))
     assert math.isfinite(load_config({"method": "visionzip"}).retention)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [{"method": "full"}, {"method": "earlytom", "retention": 0.25, "prune_layers": [0]},
+     {"method": "visionzip", "retention": 0.25}, {"method": "holitom", "retention": 0.25}],
+    ids=lambda c: c["method"],
+)
+def test_batched_encoding_gives_each_video_what_it_gets_alone(tiny1, cfg):
+    model = tiny1.with_config(load_config(cfg, num_frames=8))
+    videos = [
+        model.preprocess_video(synthetic_frames([("static", 6), ("motion", 2)], seed=7)),
+        model.preprocess_video(synthetic_frames([("motion", 4)], seed=8)),
+        model.preprocess_video(synthetic_frames([("static", 8)], seed=9)),
+    ]
+    together = model.encode_videos(videos)
+    for video, batched in zip(videos, together):
+        alone = model.encode_video(video)
+        assert batched.frames_per_layer == alone.frames_per_layer
+        assert batched.frame_sources == alone.frame_sources
+        assert torch.equal(batched.source, alone.source)
+        assert torch.allclose(batched.tokens, alone.tokens, atol=1e-5, rtol=1e-4)

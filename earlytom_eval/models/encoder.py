@@ -23,7 +23,7 @@ from ..compression.temporal import compose_sources
 from ..compression.visionzip import pool_grid
 from ..timing import StageTimer
 
-__all__ = ["VideoEncoding", "encode_frames", "head_averaged_keys", "received_attention"]
+__all__ = ["VideoEncoding", "encode_frames", "encode_videos", "head_averaged_keys", "received_attention"]
 
 Segment = tuple[int, int]
 # Bytes of float32 attention probabilities materialised at once when computing the received attention.
@@ -157,18 +157,37 @@ def encode_frames(
     pooling_head: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     timer: StageTimer | None = None,
 ) -> VideoEncoding:
-    """Run the vision encoder with ``method``, then projector, pooling and the method's selection.
+    """One video: :func:`encode_videos` of ``[pixel_values]``."""
+    return encode_videos(hf, method, [pixel_values], num_layers, pooling_head=pooling_head, timer=timer)[0]
+
+
+@torch.inference_mode()
+def encode_videos(
+    hf: Any,
+    method: CompressionMethod,
+    videos: list[torch.Tensor],
+    num_layers: int,
+    *,
+    pooling_head: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    timer: StageTimer | None = None,
+) -> list[VideoEncoding]:
+    """Run the vision encoder with ``method``, then projector, pooling and the method's selection, for a batch.
+
+    SigLIP attends within a frame, so the frames of every video go through each encoder layer in ONE call
+    (frames are the batch dimension); where the method acts on a video as a whole (frame merging, in-layer
+    merging with its per-video state, selection), it acts on each video's own frames. The result for each
+    video is the one it gets alone.
 
     Args:
         hf: the ``LlavaOnevisionModel`` (``model.model``).
         method: the compression method.
-        pixel_values: ``[T, 3, H, W]`` one video's preprocessed frames, on the model's device and dtype.
+        videos: per video ``[T_i, 3, H, W]`` preprocessed frames, on the model's device and dtype.
         num_layers: encoder layers that run (up to the feature layer).
         pooling_head: for methods that read it, SigLIP's attention-pooling head: encoder output
             ``[T, S_v, D_v]`` -> (probe attention ``[T, S_v]``, frame features ``[T, D_v]``).
         timer: records ``vision_encoder``, ``compression`` and ``projector_pooling`` ms.
     Returns:
-        The video's visual tokens ``[N, D_llm]`` (newline last) with the frame schedule.
+        Per video, its visual tokens ``[N_i, D_llm]`` (newline last) with the frame schedule.
     """
     timer = timer or NULL_TIMER
     vision = getattr(hf.vision_tower, "vision_model", hf.vision_tower)  # transformers 4.x nests it
@@ -176,22 +195,21 @@ def encode_frames(
     plan = method.encoder_plan(num_layers)
     hooks = set(plan.hook_layers)
     merges = set(plan.merge_layers)
-    frames_in = int(pixel_values.shape[0])
+    counts = [int(v.shape[0]) for v in videos]
 
     with timer.stage("vision_encoder"):
-        hidden = vision.embeddings(pixel_values)
-    state = method.encoder_state(frames_in, int(hidden.shape[1]))
-    signals = EncoderSignals(frames_in=frames_in, state=state)
-    attention = None
-    sources = tuple((frame,) for frame in range(frames_in))
-    frames_per_layer: list[int] = []
+        hidden = vision.embeddings(torch.cat(videos) if len(videos) > 1 else videos[0])
+    states = [method.encoder_state(n, int(hidden.shape[1])) for n in counts]
+    signals = [EncoderSignals(frames_in=n, state=state) for n, state in zip(counts, states)]
+    attention: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+    sources = [tuple((frame,) for frame in range(n)) for n in counts]
+    frames_per_layer: list[list[int]] = [[] for _ in videos]
     tokens_per_layer: list[int] = []
     # Runs of plain layers between the places the method acts are timed as one stage, so the device is
     # synchronised only around those places.
-    special = set(hooks) | merges | {plan.attention_layer, plan.keys_layer} - {None}
-    cuts = {0, len(layers)} | {layer + 1 for layer in hooks} | {layer for layer in special} | {
-        layer + 1 for layer in merges
-    }
+    special = hooks | merges | ({plan.attention_layer, plan.keys_layer} - {None})
+    cuts = {0, len(layers)} | {layer + 1 for layer in hooks | merges} | special
     bounds = sorted(c for c in cuts if 0 <= c <= len(layers))
     for start, stop in zip(bounds, bounds[1:]):
         if start == plan.attention_layer:
@@ -199,52 +217,101 @@ def encode_frames(
                 attention = received_attention(layers[start], hidden)
         if start == plan.keys_layer:
             with timer.stage("compression"):
-                signals.keys = head_averaged_keys(layers[start], layers[start].layer_norm1(hidden))
+                keys = head_averaged_keys(layers[start], layers[start].layer_norm1(hidden))
         with timer.stage("vision_encoder"):
             for index in range(start, stop):
-                frames_per_layer.append(int(hidden.shape[0]))
+                for per_video, n in zip(frames_per_layer, counts):
+                    per_video.append(n)
                 tokens_per_layer.append(int(hidden.shape[1]))
                 if index in merges:
-                    merge = _bound_merge(method, index, state)
-                    hidden = _split_layer(layers[index], hidden, merge)
+                    hidden = _merge_layer(method, layers[index], index, hidden, counts, states)
                 else:
                     hidden = _layer_output(layers[index](hidden, None))
         if stop - 1 in hooks:
             with timer.stage("compression"):
-                outcome = method.after_layer(stop - 1, hidden, attention)
-            hidden, attention = outcome.hidden, outcome.attention
-            if outcome.segments is not None:
-                signals.segments = outcome.segments
-            if outcome.plan is not None:
-                sources = compose_sources(sources, outcome.plan)
+                pieces = hidden.split(counts)
+                parts = attention.split(counts) if attention is not None else [None] * len(counts)
+                outcomes = [method.after_layer(stop - 1, h, a) for h, a in zip(pieces, parts)]
+            hidden = _cat([o.hidden for o in outcomes])
+            attention = _cat([o.attention for o in outcomes]) if attention is not None else None
+            counts = [int(o.hidden.shape[0]) for o in outcomes]
+            for v, outcome in enumerate(outcomes):
+                if outcome.segments is not None:
+                    signals[v].segments = outcome.segments
+                if outcome.plan is not None:
+                    sources[v] = compose_sources(sources[v], outcome.plan)
 
+    probe = frame_features = None
     if plan.pooling_head:
         if pooling_head is None:
             raise RuntimeError(f"method '{method.name}' reads SigLIP's attention-pooling head, which is not loaded")
         with timer.stage("compression"):
-            probe, signals.frame_features = pooling_head(hidden)
-            signals.probe_attention = pool_grid(probe.float())
+            probe, frame_features = pooling_head(hidden)
+            probe = pool_grid(probe.float())
     with timer.stage("projector_pooling"):
-        projected = hf.multi_modal_projector(hidden)
-        features = method.pool(projected, hf.apply_pooling, state)  # [T', S, D_llm]
-        if attention is not None:
-            signals.attention = pool_grid(attention)
-        if signals.keys is not None:
-            signals.keys = pool_grid(signals.keys)
-    with timer.stage("compression"):
-        selection = method.select(features, signals)
-        newline = hf.image_newline[None].to(selection.tokens.dtype)
-        tokens = torch.cat([selection.tokens, newline])
-    per_frame = int(features.shape[1])
+        projected = hf.multi_modal_projector(hidden).split(counts)
+        features = [method.pool(p, hf.apply_pooling, state) for p, state in zip(projected, states)]  # [T', S, D]
+        pooled_attention = pool_grid(attention).split(counts) if attention is not None else None
+        pooled_keys = pool_grid(keys).split(counts) if keys is not None else None
+    encodings = []
+    for v, (video_features, video_signals) in enumerate(zip(features, signals)):
+        if pooled_attention is not None:
+            video_signals.attention = pooled_attention[v]
+        if pooled_keys is not None:
+            video_signals.keys = pooled_keys[v]
+        if probe is not None:
+            video_signals.probe_attention = probe.split(counts)[v]
+            video_signals.frame_features = frame_features.split(counts)[v]
+        with timer.stage("compression"):
+            selection = method.select(video_features, video_signals)
+            newline = hf.image_newline[None].to(selection.tokens.dtype)
+            tokens = torch.cat([selection.tokens, newline])
+        encodings.append(
+            _encoding(tokens, selection, video_signals, sources[v], frames_per_layer[v], tokens_per_layer,
+                      int(video_features.shape[1]))
+        )
+    return encodings
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def _merge_layer(
+    method: CompressionMethod,
+    layer: torch.nn.Module,
+    index: int,
+    hidden: torch.Tensor,
+    counts: list[int],
+    states: list[Any],
+) -> torch.Tensor:
+    """A merge layer on a batch of videos: attention and MLP batched, the merge per video with its state."""
+
+    def merge(batch_hidden: torch.Tensor, batch_keys: torch.Tensor) -> torch.Tensor:
+        pieces = zip(batch_hidden.split(counts), batch_keys.split(counts), states)
+        return _cat([method.merge_in_layer(index, h, k, state) for h, k, state in pieces])
+
+    return _split_layer(layer, hidden, merge)
+
+
+def _encoding(
+    tokens: torch.Tensor,
+    selection: SpatialSelection | TokenSelection,
+    signals: EncoderSignals,
+    sources: tuple[tuple[int, ...], ...],
+    frames_per_layer: list[int],
+    tokens_per_layer: list[int],
+    per_frame: int,
+) -> VideoEncoding:
     if isinstance(selection, TokenSelection):
         source, positions = selection.source, selection.positions
     else:
         source, positions = spatial_to_token_selection(selection, sources, per_frame).source, None
     if positions is not None:
-        positions = torch.cat([positions, positions.new_full((1,), frames_in * per_frame)])
+        positions = torch.cat([positions, positions.new_full((1,), signals.frames_in * per_frame)])
     return VideoEncoding(
         tokens=tokens,
-        frames_in=frames_in,
+        frames_in=signals.frames_in,
         frames_per_layer=tuple(frames_per_layer),
         segments=signals.segments,
         frame_sources=sources,
@@ -254,10 +321,3 @@ def encode_frames(
         tokens_per_layer=tuple(tokens_per_layer),
         pooled_per_frame=per_frame,
     )
-
-
-def _bound_merge(method: CompressionMethod, layer: int, state: Any):
-    def merge(hidden: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        return method.merge_in_layer(layer, hidden, keys, state)
-
-    return merge

@@ -34,7 +34,7 @@ from ..compression.registry import build_method
 from ..dtypes import resolve_dtype
 from ..timing import StageTimer
 from . import llm
-from .encoder import NULL_TIMER, VideoEncoding, encode_frames, received_attention
+from .encoder import NULL_TIMER, VideoEncoding, encode_videos, received_attention
 
 __all__ = [
     "EarlyTomLlavaOnevision",
@@ -128,10 +128,19 @@ class EarlyTomLlavaOnevision:
         Returns:
             The video's visual tokens ``[N, D_llm]`` (newline last) with the frame schedule.
         """
-        return encode_frames(
+        return self.encode_videos([pixel_values], timer=timer)[0]
+
+    @torch.inference_mode()
+    def encode_videos(self, videos: Sequence[torch.Tensor], timer: StageTimer | None = None) -> list[VideoEncoding]:
+        """Several videos' ``[T_i, 3, H, W]`` pixel values through the encoder together (see
+        :func:`.encoder.encode_videos`: frames of all videos share each layer call, each video gets its own
+        compression); one :class:`VideoEncoding` per video, as each would get alone."""
+        if not videos:
+            return []
+        return encode_videos(
             self.model.model,
             self.method,
-            pixel_values.to(self.device, self.dtype),
+            [v.to(self.device, self.dtype) for v in videos],
             self.num_layers_run,
             pooling_head=self.pooling_head,
             timer=timer,
@@ -178,6 +187,7 @@ class EarlyTomLlavaOnevision:
         row_ids: list[torch.Tensor] = []
         row_positions: list[torch.Tensor] = []
         encodings: list[list[VideoEncoding]] = []
+        all_ids, all_places = [], []
         for index, (ids, mask, prompt_videos) in enumerate(
             zip(text_inputs["input_ids"], text_inputs["attention_mask"], videos)
         ):
@@ -188,6 +198,12 @@ class EarlyTomLlavaOnevision:
                     f"prompt {index} has {len(places)} video placeholder(s) "
                     f"but {len(prompt_videos)} video(s) were given"
                 )
+            all_ids.append(ids)
+            all_places.append(places)
+        with timer.stage("preprocess"):
+            pixel_values = [self.preprocess_video(video) for prompt_videos in videos for video in prompt_videos]
+        encoded = iter(self.encode_videos(pixel_values, timer=timer))  # every video of the batch at once
+        for ids, places in zip(all_ids, all_places):
             row_encodings = []
             pieces = []
             id_pieces = []
@@ -195,15 +211,13 @@ class EarlyTomLlavaOnevision:
             offset = 0
             position_pieces = []
             next_position = 0
-            for place, video in zip(places, prompt_videos):
-                with timer.stage("preprocess"):
-                    pixel_values = self.preprocess_video(video)
+            for place in places:
                 pieces.append(embed(ids[previous:place]))
                 id_pieces.append(ids[previous:place])
                 position_pieces.append(torch.arange(place - previous, device=self.device) + next_position)
                 next_position += place - previous
                 offset += place - previous
-                encoding = dataclasses.replace(self.encode_video(pixel_values, timer=timer), offset=offset)
+                encoding = dataclasses.replace(next(encoded), offset=offset)
                 row_encodings.append(encoding)
                 pieces.append(encoding.tokens.to(pieces[-1].dtype))
                 id_pieces.append(ids.new_full((encoding.visual_tokens,), self.video_token_id))
