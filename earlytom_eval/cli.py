@@ -183,6 +183,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_throughput(args: argparse.Namespace) -> int:
+    from .efficiency.throughput import ThroughputOptions, format_throughput_table, run_throughput  # lazy: torch
+
+    _dtype(args.dtype)
+    options = ThroughputOptions(
+        configs=tuple(load_config(path) for path in args.configs), preset=args.preset,
+        batch_sizes=tuple(args.batch_sizes), videos=args.videos, frames=args.frames, new_tokens=args.new_tokens,
+        rounds=args.rounds, device=args.device, dtype=args.dtype, seed=args.seed, threads=args.threads,
+    )
+    report = run_throughput(options, command=_command_line())
+    print(format_throughput_table(report))
+    if args.json:
+        _write_json(args.json, report)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _cmd_flops(args: argparse.Namespace) -> int:
     # Lazy: the FLOP accounting imports transformers' configs and the presets.
     from .efficiency.flops import ModelShapes
@@ -400,6 +417,26 @@ def _add_efficiency_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_report_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "throughput",
+        help="eval throughput: videos/s through generate at several batch sizes (batched encoding)",
+        description="Videos per second through generate (fixed new tokens, EOS ignored) at each batch size, "
+        "for each config, on a preset's random weights and generated clips; interleaved rounds, medians.",
+    )
+    p.add_argument("--preset", default="tiny", help="model shapes (tiny, 0.5b, 7b, 72b; default tiny)")
+    p.add_argument("--configs", nargs="+", type=Path, default=[Path("configs/full.yaml")], help="config files")
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4, 8], help="videos per call (default 1 4 8)")
+    p.add_argument("--videos", type=int, default=8, help="videos per round (default 8)")
+    p.add_argument("--frames", type=int, default=8, help="frames per video (default 8)")
+    p.add_argument("--new-tokens", type=int, default=16, help="tokens generated per video (default 16)")
+    p.add_argument("--rounds", type=int, default=2, help="timed rounds (default 2; medians)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--json", type=Path, default=None, help="write the report here")
+    p.set_defaults(func=_cmd_throughput)
+
     p = sub.add_parser(
         "tables",
         help="aggregate lmms-eval runs and bench reports into accuracy / TTFT / FLOP tables and plots",
