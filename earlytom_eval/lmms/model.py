@@ -54,7 +54,7 @@ MODEL_ARGS = (
     "batch_size",
     "max_batch_size",
 )
-_OVERRIDABLE = tuple(f for f in CompressionConfig.field_names() if f != "description")
+_OVERRIDABLE = tuple(f for f in CompressionConfig.all_field_names() if f != "description")
 _DTYPES = ("auto", *DTYPE_NAMES)
 _ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 _OFF = ("off", "none", "false", "no", "0")

@@ -58,7 +58,7 @@ def config_from_model_args(model_args: str) -> dict[str, Any] | None:
     try:
         source = args.get("config")
         base = load_config(find_config(source) or source) if source else CompressionConfig()
-        overrides = {k: v for k, v in args.items() if k in CompressionConfig.field_names() and k != "description"}
+        overrides = {k: v for k, v in args.items() if k in CompressionConfig.all_field_names() and k != "description"}
         if args.get("max_frames_num"):
             overrides["num_frames"] = args["max_frames_num"]
         return (base.with_overrides(overrides) if overrides else base).to_dict()
