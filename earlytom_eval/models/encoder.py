@@ -10,13 +10,14 @@ encoder are gone for every later layer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..compression.methods import CompressionMethod, EncoderSignals, spatial_to_token_selection
+from ..compression.methods import CompressionMethod, EncoderSignals, pooled_count, spatial_to_token_selection
 from ..compression.selection import TokenSelection
 from ..compression.spatial import SpatialSelection
 from ..compression.temporal import compose_sources
@@ -180,7 +181,8 @@ def encode_frames(
 
     with timer.stage("vision_encoder"):
         hidden = vision.embeddings(pixel_values)
-    state = method.encoder_state(frames_in, int(hidden.shape[1]))
+    patches = int(hidden.shape[1])
+    state = method.encoder_state(frames_in, patches)
     signals = EncoderSignals(frames_in=frames_in, state=state)
     attention = None
     sources = tuple((frame,) for frame in range(frames_in))
@@ -252,7 +254,8 @@ def encode_frames(
         source=source,
         positions=positions,
         tokens_per_layer=tuple(tokens_per_layer),
-        pooled_per_frame=per_frame,
+        # The model's pooled grid, also for a method that pools its merged frames itself (ToMe).
+        pooled_per_frame=pooled_count(math.isqrt(patches)),
     )
 
 
