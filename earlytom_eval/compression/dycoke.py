@@ -43,6 +43,7 @@ __all__ = [
     "DROPPED",
     "WHOLE",
     "BatchedDecodePruneState",
+    "DecodePruning",
     "DecodePruneState",
     "TTMSetting",
     "attention_similarity",
@@ -298,6 +299,23 @@ def kv_keep_indices(image_attention: torch.Tensor, *, start: int, seq_len: int, 
             torch.arange(start + num_image, seq_len, device=device),
         ]
     )
+
+
+@dataclass(frozen=True)
+class DecodePruning:
+    """Stage-2 settings a method hands to the model integration (``CompressionMethod.decode_pruning``).
+
+    Attributes:
+        layer: L; at each decode step, layer L - 1's attention row of the current token picks the image-span
+            cache entries that layers >= L attend to.
+        prune_ratio: P, share of the image span pruned at a step that prunes (``int(n_img * (1 - P))`` kept).
+        threshold: a step whose image-span row is at least this cosine-similar to the previous one prunes
+            nothing (reference quirk).
+    """
+
+    layer: int = DEFAULT_L
+    prune_ratio: float = DEFAULT_P
+    threshold: float = DEFAULT_SIMILARITY_THRESHOLD
 
 
 @dataclass

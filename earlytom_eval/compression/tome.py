@@ -46,6 +46,7 @@ __all__ = [
     "check_parse_r",
     "choose_merge_num",
     "compose_assignment",
+    "feasible_merge_nums",
     "merge_schedule",
     "merge_tokens",
     "merge_wavg",
@@ -315,6 +316,27 @@ def _schedule_is_feasible(schedule: list[int], num_tokens: int, class_token: boo
             return False
         num_tokens -= r
     return True
+
+
+def feasible_merge_nums(
+    patches_per_frame: int = PATCHES_PER_FRAME,
+    num_layers: int = ENCODER_LAYERS,
+    inflect: float = DEFAULT_INFLECT,
+    *,
+    class_token: bool = True,
+) -> tuple[int, ...]:
+    """Every ``MERGE_NUM`` ToMe can run, ascending: it leaves a positive square ``n * n`` of the patches per frame
+    (the pooling's raster needs it), its schedule sums to it and every layer can merge its ``r``.
+
+    729 patches over 26 layers: 0, 53, 104, ..., 533, 585, 608, 629, 665, ... (``729 - n * n``).
+    """
+    allowed = []
+    for n in range(math.isqrt(patches_per_frame), 0, -1):
+        merge_num = patches_per_frame - n * n
+        schedule = merge_schedule(merge_num, num_layers, inflect)
+        if sum(schedule) == merge_num and _schedule_is_feasible(schedule, patches_per_frame, class_token):
+            allowed.append(merge_num)
+    return tuple(allowed)
 
 
 # --------------------------------------------------------------------------- #

@@ -10,13 +10,14 @@ encoder are gone for every later layer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..compression.methods import CompressionMethod, EncoderSignals, spatial_to_token_selection
+from ..compression.methods import CompressionMethod, EncoderSignals, pooled_count, spatial_to_token_selection
 from ..compression.selection import TokenSelection
 from ..compression.spatial import SpatialSelection
 from ..compression.temporal import compose_sources
@@ -199,7 +200,8 @@ def encode_videos(
 
     with timer.stage("vision_encoder"):
         hidden = vision.embeddings(torch.cat(videos) if len(videos) > 1 else videos[0])
-    states = [method.encoder_state(n, int(hidden.shape[1])) for n in counts]
+    patches = int(hidden.shape[1])
+    states = [method.encoder_state(n, patches) for n in counts]
     signals = [EncoderSignals(frames_in=n, state=state) for n, state in zip(counts, states)]
     attention: torch.Tensor | None = None
     keys: torch.Tensor | None = None
@@ -267,8 +269,9 @@ def encode_videos(
             newline = hf.image_newline[None].to(selection.tokens.dtype)
             tokens = torch.cat([selection.tokens, newline])
         encodings.append(
+            # The model's pooled grid, also for a method that pools its merged frames itself (ToMe).
             _encoding(tokens, selection, video_signals, sources[v], frames_per_layer[v], tokens_per_layer,
-                      int(video_features.shape[1]))
+                      pooled_count(math.isqrt(patches)))
         )
     return encodings
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..compression.config import CompressionConfig, ConfigError, ModelFacts, load_config
+from ..compression.dycoke import stage2_image_length
 from ..compression.methods import CompressionMethod
 from ..compression.registry import build_method
 from ..dtypes import resolve_dtype
@@ -313,7 +314,23 @@ class EarlyTomLlavaOnevision:
         )
         with timer.stage("first_token"):
             first = state.logits.argmax(dim=-1)
-        return Prefill(first, state)
+        return Prefill(first, state, self._decode_pruner(mask, encodings))
+
+    def _decode_pruner(
+        self, attention_mask: torch.Tensor, encodings: Sequence[Sequence[VideoEncoding]] | None
+    ) -> llm.DecodePruner | None:
+        """The method's decode-time cache pruning for this batch (DyCoke), or None: each row's image span is its
+        first video's tokens (one video per prompt in the reference), without the newline and the last token."""
+        settings = self.method.decode_pruning()
+        if settings is None:
+            return None
+        if encodings is None:
+            raise ValueError(f"decode pruning of '{self.method.name}' needs the encodings returned by prepare_inputs")
+        pad = attention_mask.shape[1] - attention_mask.sum(-1)
+        starts = [int(p) + (row[0].offset if row else 0) for p, row in zip(pad.tolist(), encodings)]
+        lengths = [stage2_image_length(row[0].visual_tokens - 1) if row else 0 for row in encodings]
+        device = attention_mask.device
+        return llm.DecodePruner(settings, torch.tensor(starts, device=device), torch.tensor(lengths, device=device))
 
     @torch.inference_mode()
     def decode(
@@ -335,7 +352,7 @@ class EarlyTomLlavaOnevision:
             finished |= self._hit_stop(generated, stop)
             if bool(finished.all()):
                 break
-            step_logits = llm.decode_step(self.model, state.llm, tokens)
+            step_logits = llm.decode_step(self.model, state.llm, tokens, state.pruner)
             tokens = step_logits.argmax(dim=-1).masked_fill(finished, pad)
             finished |= torch.isin(tokens, eos)
             generated.append(tokens)
@@ -421,10 +438,13 @@ class Prefill:
     Attributes:
         first_tokens: ``[B]`` greedy first token of each prompt.
         llm: the LLM state (KV cache, per-layer-group masks, positions, stage-3 decisions, tokens per layer).
+        pruner: the method's decode-time cache pruning, or None.
     """
 
     first_tokens: torch.Tensor
     llm: llm.LlmState
+    #: DyCoke's stage 2 for this batch (fresh per prefill, i.e. per ``generate`` call), or None.
+    pruner: llm.DecodePruner | None = None
 
 
 def visual_token_mask(attention_mask: torch.Tensor, encodings: Sequence[Sequence[VideoEncoding]]) -> torch.Tensor:

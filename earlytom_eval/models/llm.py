@@ -14,12 +14,13 @@ keeps its original position id, and new tokens are numbered from the full length
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..compression.config import LlmCut
+from ..compression.dycoke import BatchedDecodePruneState, DecodePruning, decode_keep_mask
 from ..compression.inner import (
     InnerMergeDecision,
     inner_keep_count,
@@ -30,7 +31,7 @@ from ..compression.inner import (
 )
 from ..timing import StageTimer
 
-__all__ = ["InnerMerge", "LayerGroup", "LlmState", "decode_step", "prefill"]
+__all__ = ["DecodePruner", "InnerMerge", "LayerGroup", "LlmState", "decode_step", "prefill"]
 
 #: A cut inside the LLM (kept under its stage-3 name for callers that build one by hand).
 InnerMerge = LlmCut
@@ -249,13 +250,60 @@ def prefill(
     return LlmState(logits, cache, groups, next_positions, decisions, [tuple(row) for row in per_layer])
 
 
-def decode_step(model: Any, state: LlmState, tokens: torch.Tensor) -> torch.Tensor:
-    """Feed one token per row through every layer group; returns ``[B, V]`` logits and advances ``state``."""
+@dataclass
+class DecodePruner:
+    """DyCoke's stage 2 for one batch: which image-span cache entries layers >= L attend to at each decode step.
+
+    Attributes:
+        settings: layer L, prune ratio P and similarity threshold.
+        starts: ``[B]`` each row's first image position in the (left-padded) cache, s0.
+        image_lengths: ``[B]`` each row's image span n_img (:func:`~earlytom_eval.compression.dycoke.
+            stage2_image_length`: the video's tokens minus the newline and minus the last one, reference quirk).
+        state: the previous step's image-span rows. One pruner per ``generate`` call: PROJECT CHOICE, the
+            reference keeps the previous row across samples too (so a sample's first step depends on the sample
+            before it, i.e. on evaluation order and sharding); here every call starts fresh, so its first step
+            always prunes.
+    """
+
+    settings: DecodePruning
+    starts: torch.Tensor
+    image_lengths: torch.Tensor
+    state: BatchedDecodePruneState = field(default_factory=BatchedDecodePruneState)
+
+
+def decode_step(model: Any, state: LlmState, tokens: torch.Tensor, pruner: DecodePruner | None = None) -> torch.Tensor:
+    """Feed one token per row through every layer group; returns ``[B, V]`` logits and advances ``state``.
+
+    With ``pruner`` (DyCoke's stage 2; one layer group), layer L - 1's attention row of the current token (mean
+    over heads, one query row on the cache's keys) picks the kept image entries, and layers >= L attend only to
+    those at this step: their 2-D mask is narrowed for this step while the cache keeps every entry.
+    """
     lm = _language_model(model)
     hidden = model.get_input_embeddings()(tokens[:, None])
     positions = state.next_positions[:, None]
+    if pruner is not None and len(state.groups) != 1:
+        raise ValueError("decode-time cache pruning needs a single layer group (no LLM cuts)")
     for group in state.groups:
         group.mask = torch.cat([group.mask, group.mask.new_ones(group.mask.shape[0], 1)], dim=1)
-        hidden, _ = _run_layers(lm, hidden, group.mask, positions, state.cache, group.start, group.stop)
+        if pruner is None:
+            hidden, _ = _run_layers(lm, hidden, group.mask, positions, state.cache, group.start, group.stop)
+            continue
+        layer = pruner.settings.layer
+        hidden, layer_input = _run_layers(
+            lm, hidden, group.mask, positions, state.cache, group.start, layer, keep_input_of=layer - 1
+        )
+        scores = _last_token_scores(lm, layer - 1, layer_input, positions, state.cache, group.mask)
+        seq_lens = torch.full_like(pruner.starts, group.mask.shape[1])
+        keep, _ = decode_keep_mask(
+            scores,
+            pruner.state,
+            starts=pruner.starts,
+            image_lengths=pruner.image_lengths,
+            seq_lens=seq_lens,
+            prune_ratio=pruner.settings.prune_ratio,
+            threshold=pruner.settings.threshold,
+        )
+        step_mask = group.mask * keep.to(group.mask.dtype)
+        hidden, _ = _run_layers(lm, hidden, step_mask, positions, state.cache, layer, group.stop)
     state.next_positions = state.next_positions + 1
     return model.lm_head(lm.norm(hidden)[:, -1])
