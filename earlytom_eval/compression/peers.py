@@ -1,7 +1,8 @@
-"""The peer methods on the one interface of :mod:`.methods`: VisionZip, HoliTom and FastV.
+"""The peer methods on the one interface of :mod:`.methods`: VisionZip, HoliTom, FastVID and FastV.
 
 Thin adapters: each says where it acts and which signals it reads, and calls its pure tensor functions
-(:mod:`.visionzip`, :mod:`.holitom`; FastV is an LLM cut, done by the model integration). Sources followed:
+(:mod:`.visionzip`, :mod:`.holitom`, :mod:`.fastvid`; FastV is an LLM cut, done by the model integration).
+Sources followed:
 see each tensor module's docstring.
 """
 
@@ -12,12 +13,13 @@ import math
 import torch
 
 from .config import ConfigError, ModelFacts
+from .fastvid import fastvid_budgets, fastvid_select
 from .holitom import holitom_outer
 from .methods import CompressionMethod, EncoderPlan, EncoderSignals, PlannedCounts
 from .selection import TokenSelection
 from .visionzip import visionzip_counts, visionzip_select
 
-__all__ = ["FastVMethod", "HoliTomMethod", "VisionZipMethod", "seeded_generator"]
+__all__ = ["FastVIDMethod", "FastVMethod", "HoliTomMethod", "VisionZipMethod", "seeded_generator"]
 
 
 def seeded_generator(enabled: bool, seed: int, device: torch.device) -> torch.Generator | None:
@@ -90,6 +92,53 @@ class HoliTomMethod(CompressionMethod):
             max_window=params.max_window,
             generator=seeded_generator(params.density_noise, params.seed, features.device),
         )
+        return result.selection
+
+
+class FastVIDMethod(CompressionMethod):
+    """FastVID: SigLIP's attention-pooling head on the encoder output gives each frame's probe attention and
+    global feature; after projector and pooling, :func:`~.fastvid.fastvid_select` keeps salient tokens and
+    merges density contexts per DySeg segment. Tokens keep their original positions (RoPE gaps), as the
+    reference's in-LLM pruning before layer 0 does; DySeg's segments are reported as the video's segments."""
+
+    name = "fastvid"
+
+    def check_model(self, facts: ModelFacts) -> None:
+        super().check_model(facts)
+        per_frame = facts.pooled_per_frame
+        if int(per_frame * self.config.retention) < 1:
+            raise ConfigError(
+                f"invalid fastvid field 'retention': {self.config.retention} keeps int({per_frame} * rho) = 0 tokens "
+                f"per frame (allowed: a number in [{1 / per_frame:.4g}, 1] for {per_frame} tokens per frame)"
+            )
+
+    def planned_counts(self, facts: ModelFacts, frames: int) -> PlannedCounts:
+        """Upper bound ``T int(S rho) + 1``, reached when every segment is one frame; exact when ``d`` leaves
+        no contexts (multi-frame segments round their context budget down)."""
+        keep, _, contexts = fastvid_budgets(facts.pooled_per_frame, self.config.retention, self.config.params.d)
+        return PlannedCounts(frames * keep + 1, exact=contexts == 0)
+
+    def encoder_plan(self, num_layers: int) -> EncoderPlan:
+        return EncoderPlan(pooling_head=True)
+
+    def select(self, features: torch.Tensor, signals: EncoderSignals) -> TokenSelection:
+        if signals.probe_attention is None or signals.frame_features is None:
+            raise RuntimeError("fastvid selection needs the pooling head's probe attention and frame features")
+        params = self.config.params
+        result = fastvid_select(
+            features,
+            signals.probe_attention,
+            signals.frame_features,
+            retention=self.config.retention,
+            c=params.c,
+            tau=params.tau,
+            d=params.d,
+            p=params.p,
+            beta=params.beta,
+            k=params.k,
+            generator=seeded_generator(params.density_noise, params.seed, features.device),
+        )
+        signals.segments = result.segments
         return result.selection
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .config import METHODS, CompressionConfig, ConfigError
 from .methods import CompressionMethod, EarlyTomMethod, FullMethod
-from .peers import FastVMethod, HoliTomMethod, VisionZipMethod
+from .peers import FastVIDMethod, FastVMethod, HoliTomMethod, VisionZipMethod
 from .peers_tome_dycoke import DyCokeMethod, ToMeMethod
 
 __all__ = ["METHOD_CLASSES", "build_method", "registered_methods"]
@@ -12,7 +12,9 @@ __all__ = ["METHOD_CLASSES", "build_method", "registered_methods"]
 #: Every method name of :data:`~.config.METHODS` that has an implementation, and its class.
 METHOD_CLASSES: dict[str, type[CompressionMethod]] = {
     cls.name: cls
-    for cls in (FullMethod, EarlyTomMethod, VisionZipMethod, HoliTomMethod, FastVMethod, DyCokeMethod, ToMeMethod)
+    for cls in (
+        FullMethod, EarlyTomMethod, VisionZipMethod, HoliTomMethod, FastVIDMethod, FastVMethod, DyCokeMethod, ToMeMethod
+    )
 }
 
 

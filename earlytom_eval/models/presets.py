@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..dtypes import resolve_dtype
+from .pooling_head import HEAD_FOLDER, write_random_head
 from .tokenizer import (
     CHAT_TEMPLATE,
     EOS_TOKEN,
@@ -419,7 +420,8 @@ def write_checkpoint(
     Files: ``config.json``, ``model*.safetensors`` (+ index when sharded), ``generation_config.json``,
     ``tokenizer.json`` + ``tokenizer_config.json``, ``processor_config.json`` (with the nested image and
     video processor configs), ``preprocessor_config.json``, ``video_preprocessor_config.json``,
-    ``chat_template.jinja`` and :data:`PRESET_MANIFEST` (``{"preset", "seed", "dtype", ...}``). With
+    ``chat_template.jinja``, ``fastvid_head/model.safetensors`` (a random SigLIP pooling head, so FastVID's
+    ``head_weights: auto`` runs offline) and :data:`PRESET_MANIFEST` (``{"preset", "seed", "dtype", ...}``). With
     ``HF_HUB_OFFLINE=1``, ``LlavaOnevisionForConditionalGeneration.from_pretrained(out_dir)`` and
     ``AutoProcessor.from_pretrained(out_dir)`` both work.
 
@@ -442,6 +444,7 @@ def write_checkpoint(
     model = build_model(name, seed=seed, dtype=torch_dtype, device="cpu")
     model.save_pretrained(out)
     del model
+    write_random_head(out / HEAD_FOLDER, preset_config(name).vision_config, seed=seed, dtype=torch_dtype)
 
     manifest = {
         "preset": name,
@@ -450,6 +453,7 @@ def write_checkpoint(
         "mirrors": HUB_IDS.get(name),
         "random_init": True,
         "tokens_per_frame": _tokens_per_frame(name),
+        "fastvid_head": f"{HEAD_FOLDER}/model.safetensors (random)",
     }
     (out / PRESET_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
