@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..dtypes import resolve_dtype
-from .pooling_head import HEAD_FOLDER, write_random_head
+from .pooling_head import HEAD_FOLDER, AttentionPoolingHead, load_pooling_head, write_random_head
 from .tokenizer import (
     CHAT_TEMPLATE,
     EOS_TOKEN,
@@ -47,6 +47,7 @@ __all__ = [
     "PRESET_MANIFEST",
     "PRESET_NAMES",
     "build_model",
+    "build_pooling_head",
     "build_processor",
     "default_dtype",
     "preset_config",
@@ -407,6 +408,15 @@ def build_model(
 
     model.generation_config = _generation_config(name)
     return model.eval()
+
+
+def build_pooling_head(
+    name: str, seed: int = 0, dtype: torch.dtype | str = torch.float32, device: torch.device | str = "cpu"
+) -> AttentionPoolingHead:
+    """The random SigLIP attention-pooling head of preset ``name`` (what FastVID reads; the same weights as the
+    ``fastvid_head/`` folder :func:`write_checkpoint` writes with this seed)."""
+    head = load_pooling_head("random", "", preset_config(name).vision_config, dtype, seed=seed)
+    return head.to(device)
 
 
 def write_checkpoint(
