@@ -46,6 +46,10 @@ def bench_settings_for_comparison(bench_rows: Sequence[Mapping[str, Any]]) -> di
 def methods_table(accuracy: Table, bench_rows: Sequence[Mapping[str, Any]]) -> Table:
     """One row per (model, method, ratio): accuracy, tokens, TTFT, FLOPs and memory side by side."""
     averages = {(r["model"], r["method"], r["retention"]): r for r in accuracy.data if r.get("task") == "average"}
+    statuses: dict[tuple, str] = {}  # a row without an average says why: its cells' status (not available, ...)
+    for r in accuracy.data:
+        if r.get("task") != "average" and r.get("status") != "complete":
+            statuses.setdefault((r["model"], r["method"], r["retention"]), r.get("status") or "not run")
     settings = bench_settings_for_comparison(bench_rows)
     bench = {(r["model"], r["method"], r["retention"]): r for r in bench_rows
              if settings.get(r["model"]) == r["settings"]}
@@ -80,7 +84,8 @@ def methods_table(accuracy: Table, bench_rows: Sequence[Mapping[str, Any]]) -> T
             fmt(100.0 * b["reached_retention"], 1, "%") if is_number(b.get("reached_retention")) else "—",
             fmt(100.0 * b["reached_retention_last_layer"], 1, "%")
             if is_number(b.get("reached_retention_last_layer")) else "—",
-            fmt(b.get("visual_tokens"), 0), fmt(acc.get("accuracy")),
+            fmt(b.get("visual_tokens"), 0),
+            fmt(acc.get("accuracy")) if is_number(acc.get("accuracy")) else statuses.get(key, "—"),
             fmt(acc.get("pct_of_full")) if method != "full" else "—", shown, fmt(b.get("ttft_ms")),
             fmt(b.get("speedup_vs_full"), 2, "x"),
             fmt(b["total_prefill_flops"] / scale if is_number(b.get("total_prefill_flops")) else None, 3),
