@@ -273,7 +273,9 @@ def methods_published_table(acc: Mapping[tuple, Mapping[str, Any]], model: str |
                 ours = (acc.get((model, task, method, retention)) or {}).get("accuracy") if model else None
                 record[f"{task}_published"], record[f"{task}_ours"] = entry.get(task), ours
                 line.append(fmt(entry.get(task)) + (f" ({fmt(ours)})" if is_number(ours) else ""))
-            ours_pct = (acc.get((model, "average", method, retention)) or {}).get("pct_of_full") if model else None
+            average = (acc.get((model, "average", method, retention)) or {}) if model else {}
+            same_tasks = str(average.get("average_over") or "").split(";") == tasks
+            ours_pct = average.get("pct_of_full") if same_tasks else None  # only the same four-task average
             record.update(pct_of_full_published=entry.get("pct_of_full"), pct_of_full_ours=ours_pct,
                           diff_pct_of_full=_diff(ours_pct, entry.get("pct_of_full")),
                           prefill_tflops_published=entry.get("prefill_tflops"))
