@@ -107,6 +107,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         "generated_tokens": len(result.token_ids),
         "stages_ms": {k: round(v, 2) for k, v in result.stages_ms.items()},
     }
+    if args.save_tokens is not None:
+        from .models.encoder import save_tokens  # lazy: safetensors, only for this option
+
+        save_tokens(encoding, args.save_tokens)
+        report["saved_tokens"] = str(args.save_tokens)
     if args.json:
         print(json.dumps(report))
         return 0
@@ -128,6 +133,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             f"layers {cfg.inner_layer}.. on {per_layer[-1]}"
         )
     print("stage ms: " + ", ".join(f"{k} {v:.1f}" for k, v in report["stages_ms"].items()))
+    if args.save_tokens is not None:
+        print(f"wrote visual_tokens [{report['visual_tokens']}, D] and kept [{report['visual_tokens']}] to "
+              f"{args.save_tokens}")
     return 0
 
 
@@ -327,6 +335,10 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--dtype", default=None, help="auto | float32 | bfloat16 | float16 (default: checkpoint's)")
     gen.add_argument("--backend", default="auto", choices=("auto", "decord", "pyav"), help="video decoder")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    gen.add_argument("--save-tokens", type=Path, default=None, metavar="PATH",
+                     help="write the video's visual tokens to a safetensors file: visual_tokens [N, D_llm] float32 "
+                          "(as spliced into the LLM, newline last) and kept [N] (pooled source index t*S+q per "
+                          "token, -1 for merged/contextual tokens and the newline)")
     gen.set_defaults(func=_cmd_generate)
 
 

@@ -1,8 +1,10 @@
 """`make reproduce-tables`: the grid files, the missing-pieces check, resuming, and the smoke grid end to end.
 
 The resume logic runs against a stand-in for lmms-eval and the bench (seconds); the smoke grid then runs
-for real, as a new user runs it (`make reproduce-tables GRID=configs/grids/smoke.yaml`, CPU, about a
-minute and a half), and its tables are checked against the runs' raw files.
+for real, as a new user runs it (`make reproduce-tables GRID=configs/grids/smoke.yaml`, CPU): every
+registered method through the real lmms-eval CLI on the tiny checkpoint (one cell each, mostly lmms-eval's
+start-up: 2-3 minutes on 2 idle cores, several on a loaded machine), and its tables are checked against the
+runs' raw files. Counts come from the grid files, so a method that lands is covered without a change here.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from earlytom_eval.compression.config import load_config
+from earlytom_eval.compression.config import METHODS, load_config
+from earlytom_eval.compression.registry import registered_methods
+from earlytom_eval.reproduce import grid as grid_module
 from earlytom_eval.reproduce import runner as reproduce
 from earlytom_eval.reproduce.grid import GridError, load_grid
 from earlytom_eval.reproduce.runner import run_grid
@@ -36,10 +40,18 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------ grid files
+def _configs_per_task(grid) -> int:
+    return sum(len(m.ratios) if m.base != "full" else 1 for m in grid.methods)
+
+
+def _available(grid) -> list:
+    return [c for c in grid.eval_cells() if not c.unavailable]
+
+
 def test_paper_grid_carries_the_per_task_settings(tmp_path):
     grid = load_grid(PAPER, runs=tmp_path / "runs", gpus="4")
     cells = {c.id: c for c in grid.eval_cells()}
-    assert len(cells) == 5 * 9 and grid.frames == 32
+    assert len(cells) == len(grid.tasks) * _configs_per_task(grid) and grid.frames == 32
     assert {c.task.key for c in cells.values()} == {"mvbench", "egoschema", "longvideobench_val_v", "videomme",
                                                      "mlvu"}
 
@@ -69,22 +81,47 @@ def test_paper_grid_carries_the_per_task_settings(tmp_path):
     assert "--log_samples" in command
     benches = {c.settings: c for c in grid.bench_cells()}
     assert set(benches) == {"videomme", "mvbench", "longvideobench_val_v", "egoschema"}
-    assert benches["videomme"].tasks == ["videomme", "mlvu"] and len(benches["videomme"].configs) == 9
+    earlytom_configs = sum(len(m.ratios) if not m.peer else 0 for m in grid.methods if m.base != "full") + 1
+    peers_available = sum(1 for c in _available(grid) if c.method.peer and c.task.key == "videomme")
+    assert benches["videomme"].tasks == ["videomme", "mlvu"]
+    assert len(benches["videomme"].configs) == earlytom_configs + peers_available  # the peers: in one row only
+    assert len(benches["mvbench"].configs) == earlytom_configs
+    # every method of the comparison at every ratio; each peer cell is its shipped config (32 frames), the same
+    # for every task, or is unavailable with one line saying why
+    ratios = (0.25, 0.20, 0.15, 0.10)
+    assert {m.base for m in grid.methods} == set(METHODS)
+    assert all(m.ratios == ratios for m in grid.methods if m.base != "full")
+    for cell in cells.values():
+        if not cell.method.peer:
+            continue
+        name = f"{cell.method.base}_r{cell.retention:.2f}"
+        if cell.unavailable:
+            assert cell.method.base not in registered_methods() or not (REPO / "configs" / f"{name}.yaml").exists()
+            assert "\n" not in cell.unavailable and cell.config is None
+            continue
+        shipped = load_config(REPO / "configs" / f"{name}.yaml", num_frames=32)
+        assert cell.config.fingerprint() == shipped.fingerprint() and cell.config.name == name
     bench = reproduce.bench_command(benches["mvbench"])
     assert bench[bench.index("--warmup") + 1] == "2" and bench[bench.index("--repeats") + 1] == "5"
     assert bench[bench.index("--frames") + 1] == "32" and bench[bench.index("--device") + 1] == "cuda"
 
 
-def test_smoke_grid_runs_plain_lmms_eval_on_cpu(tmp_path):
+def test_smoke_grid_runs_every_method_in_plain_lmms_eval_on_cpu(tmp_path):
     grid = load_grid(SMOKE, runs=tmp_path / "runs")
     cells = grid.eval_cells()
-    assert [c.config.name for c in cells] == ["full", "earlytom_r0.10", "earlytom_r0.25", "earlytom_postenc_r0.10"]
+    assert [c.name for c in cells] == ["full", *[f"{m.key}_r{r:.2f}" for m in grid.methods[1:] for r in m.ratios]]
+    assert {m.base for m in grid.methods} == set(METHODS) and {c.retention for c in cells} == {None, 0.10}
+    for cell in cells:  # every registered method with a shipped config runs; the others are one line each
+        shipped = (REPO / "configs" / f"{cell.method.base}_r0.10.yaml").exists() or not cell.method.peer
+        assert bool(cell.unavailable) == (cell.method.base not in registered_methods() or not shipped)
+    by_name = {c.name: c for c in cells}
+    assert by_name["visionzip_r0.10"].config.params.spatial_tokens is None  # round(16 * 0.10) on tiny
     command = reproduce.eval_command(cells[0])
     assert command[:3] == [sys.executable, "-m", "lmms_eval"]
     model_args = command[command.index("--model_args") + 1]
     assert f"pretrained={tmp_path / 'runs' / 'tiny-ov'}" in model_args and "device=cpu" in model_args
     assert grid.env["EARLYTOM_SMOKE_DIR"] == str(tmp_path / "runs" / "smoke-data")
-    assert len(grid.bench_cells()) == 1 and len(grid.bench_cells()[0].configs) == 4
+    assert len(grid.bench_cells()) == 1 and len(grid.bench_cells()[0].configs) == len(_available(grid))
 
 
 def test_grid_errors_name_the_key(tmp_path):
@@ -92,8 +129,12 @@ def test_grid_errors_name_the_key(tmp_path):
     bad.write_text(SMOKE.read_text() + "\nnonsense: 1\n")
     with pytest.raises(GridError, match="unknown key.*nonsense"):
         load_grid(bad)
-    bad.write_text(SMOKE.read_text().replace("ratios: [0.10, 0.25]", "ratios: [0.10, 0.15]"))
+    bad.write_text(SMOKE.read_text().replace("  - key: earlytom\n    ratios: [0.10]",
+                                             "  - key: earlytom\n    ratios: [0.10, 0.15]"))
     with pytest.raises(GridError, match="no entry for ratio 0.15"):
+        load_grid(bad)
+    bad.write_text(SMOKE.read_text().replace("  - key: fastv\n", "  - key: fastv\n    base: fastvit\n"))
+    with pytest.raises(GridError, match="base must be one of"):
         load_grid(bad)
     bad.write_text(SMOKE.read_text().replace("tau: 0.3,", "tau: 3.0,"))
     with pytest.raises(GridError, match="tau"):
@@ -157,12 +198,14 @@ else:
     from earlytom_eval.efficiency.flops import ModelShapes
 
     configs = [CompressionConfig.from_mapping(c["config"]) for c in spec["configs"]]
+    shapes = ModelShapes.from_preset("tiny")
     records = [RunRecord(phase="timed", round=0, config=c.name, kind="both", ttft_ms=20.0 if c.method == "full"
                          else 10.0, stages_ms={"vision_encoder": 5.0}, visual_tokens=17, prompt_tokens=60,
-                         frames_per_layer=(8,) * 26, frames_out=8) for c in configs]
+                         frames_per_layer=(8,) * 26, frames_out=8, llm_tokens_per_layer=(60,) * shapes.layers)
+               for c in configs]
     meta = {"hardware": {"device": "cpu", "device_name": "CPU", "dtype": "float32", "torch": "t",
                          "transformers": "t", "attention_kernel": "sdpa"}, "created_utc": "2026"}
-    report = build_report(configs, records, ModelShapes.from_preset("tiny"), meta=meta)
+    report = build_report(configs, records, shapes, meta=meta)
     (folder / "bench.json").write_text(json.dumps(report))
 '''
 
@@ -200,22 +243,53 @@ def _run(grid_file: Path, runs: Path, **kwargs) -> tuple[int, str, list[str]]:
     return status, out.getvalue(), calls.read_text().splitlines()[len(before):]
 
 
+def _runnable(grid_file: Path, runs: Path) -> list[str]:
+    """The folders of the cells that run: every available eval cell and every bench row."""
+    grid = load_grid(grid_file, runs=runs)
+    return [c.folder.name for c in _available(grid)] + [c.folder.name for c in grid.bench_cells()]
+
+
 def test_finished_cells_are_kept_and_a_deleted_cell_runs_again(fake_grid, monkeypatch):
     grid_file, runs, _ = fake_grid
+    expected = _runnable(grid_file, runs)
+    n = len(expected)
     status, out, ran = _run(grid_file, runs)
     assert status == 0, out
-    assert sorted(ran) == sorted(["full", "earlytom_r0.10", "earlytom_r0.25", "earlytom_postenc_r0.10", "videomme"])
-    assert "0 complete, 5 to run" in out and "[5/5]" in out and "ETA" in out
+    assert sorted(ran) == sorted(expected)
+    assert f"0 complete, {n} to run" in out and f"[{n}/{n}]" in out and "ETA" in out
     assert (runs.parent / "tables" / "tables.md").is_file()
     status, out, ran = _run(grid_file, runs)
-    assert (status, ran) == (0, []) and "5 complete, 0 to run" in out
-    shutil.rmtree(runs / "tiny-ov" / "earlytom_smoke" / "earlytom_r0.25")
+    assert (status, ran) == (0, []) and f"{n} complete, 0 to run" in out
+    shutil.rmtree(runs / "tiny-ov" / "earlytom_smoke" / "visionzip_r0.10")
     status, out, ran = _run(grid_file, runs)
-    assert (status, ran) == (0, ["earlytom_r0.25"]) and "4 complete, 1 to run" in out
+    assert (status, ran) == (0, ["visionzip_r0.10"]) and f"{n - 1} complete, 1 to run" in out
     status, out, ran = _run(grid_file, runs, force=True)
-    assert status == 0 and len(ran) == 5
+    assert status == 0 and len(ran) == n
     status, out, ran = _run(grid_file, runs, force=True, only=["*/earlytom_r0.10"])
     assert ran == ["earlytom_r0.10"]
+
+
+def test_a_method_not_registered_or_without_its_config_is_one_line_not_a_crash(fake_grid, monkeypatch):
+    grid_file, runs, _ = fake_grid
+    grid_file.write_text(grid_file.read_text().replace(
+        "  - key: holitom\n    ratios: [0.10]\n",
+        "  - key: holitom\n    ratios: [0.10]\n    config: holitom_nowhere_r{ratio:.2f}\n"))
+    monkeypatch.setattr(grid_module, "registered_methods",
+                        lambda: tuple(m for m in registered_methods() if m != "fastv"))
+    expected = _runnable(grid_file, runs)
+    assert "fastv_r0.10" not in expected and "holitom_r0.10" not in expected
+    status, out, ran = _run(grid_file, runs)
+    assert status == 0 and sorted(ran) == sorted(expected) and "Traceback" not in out
+    assert "[skip] tiny-ov | earlytom_smoke | FastV at 10%: unavailable (method 'fastv' is not registered yet" in out
+    assert "HoliTom at 10%: unavailable (config holitom_nowhere_r0.10 not found" in out
+    with open(runs.parent / "tables" / "cells.csv") as handle:
+        rows = {(r["method"], r["retention"]): r for r in csv.DictReader(handle)}
+    assert rows[("fastv", "0.1")]["status"] == "not available"
+    assert "not registered" in rows[("fastv", "0.1")]["reason"]
+    with open(runs.parent / "tables" / "methods.csv") as handle:
+        methods = [(r["method"], r["retention"]) for r in csv.DictReader(handle)]
+    grid = load_grid(grid_file, runs=runs)
+    assert methods == [(c.method.key, "" if c.retention is None else str(c.retention)) for c in grid.eval_cells()]
 
 
 def test_a_cell_whose_definition_changed_runs_again(fake_grid):
@@ -229,19 +303,19 @@ def test_a_cell_whose_definition_changed_runs_again(fake_grid):
 
 def test_a_failed_cell_is_reported_marked_and_retried(fake_grid, monkeypatch):
     grid_file, runs, _ = fake_grid
-    monkeypatch.setenv("FAKE_FAIL", "earlytom_r0.25")
+    monkeypatch.setenv("FAKE_FAIL", "visionzip_r0.10")
     status, out, ran = _run(grid_file, runs)
-    assert status == 1 and len(ran) == 5
-    assert "EarlyTom at 25%: FAILED" in out and "Traceback: a failure lmms-eval prints" in out
-    record = json.loads((runs / "tiny-ov" / "earlytom_smoke" / "earlytom_r0.25" / "cell.json").read_text())
+    assert status == 1 and len(ran) == len(_runnable(grid_file, runs))
+    assert "VisionZip at 10%: FAILED" in out and "Traceback: a failure lmms-eval prints" in out
+    record = json.loads((runs / "tiny-ov" / "earlytom_smoke" / "visionzip_r0.10" / "cell.json").read_text())
     assert record["state"] == "failed" and record["returncode"] == 0
     with open(runs.parent / "tables" / "accuracy.csv") as handle:
         rows = {(r["method"], r["retention"], r["task"]): r for r in csv.DictReader(handle)}
-    assert rows[("earlytom", "0.25", "earlytom_smoke")]["status"] == "incomplete"
+    assert rows[("visionzip", "0.1", "earlytom_smoke")]["status"] == "incomplete"
     assert rows[("earlytom", "0.1", "earlytom_smoke")]["status"] == "complete"
     monkeypatch.delenv("FAKE_FAIL")
     status, out, ran = _run(grid_file, runs)
-    assert (status, ran) == (0, ["earlytom_r0.25"])
+    assert (status, ran) == (0, ["visionzip_r0.10"])
 
 
 def test_two_runners_never_share_a_runs_folder(fake_grid):
@@ -252,13 +326,14 @@ def test_two_runners_never_share_a_runs_folder(fake_grid):
     assert (status, ran) == (2, []) and "another `earlytom-eval reproduce` is running" in out
     (runs / reproduce.LOCK_FILE).write_text("999999999 long ago\n")  # stale: taken over
     status, out, ran = _run(grid_file, runs)
-    assert status == 0 and len(ran) == 5 and not (runs / reproduce.LOCK_FILE).exists()
+    assert status == 0 and len(ran) == len(_runnable(grid_file, runs)) and not (runs / reproduce.LOCK_FILE).exists()
 
 
 def test_dry_run_plans_without_running(fake_grid):
     grid_file, runs, _ = fake_grid
     status, out, ran = _run(grid_file, runs, dry_run=True)
-    assert (status, ran) == (0, []) and out.count("would run") == 5 and not any(runs.rglob("cell.json"))
+    assert (status, ran) == (0, []) and out.count("would run") == len(_runnable(grid_file, runs))
+    assert not any(runs.rglob("cell.json"))
 
 
 # ------------------------------------------------------------------------------------ the real smoke grid
@@ -280,29 +355,51 @@ def _efficiency(cell: Path) -> list[dict]:
     return [json.loads(line) for path in cell.rglob("*_efficiency*.jsonl") for line in path.read_text().splitlines()]
 
 
+def _smoke_grid(runs: Path):
+    return load_grid(SMOKE, runs=runs)
+
+
+def _key(cell) -> tuple[str, str]:
+    """A cell's (method, retention) as the CSV tables write them."""
+    return cell.method.key, "" if cell.retention is None else str(cell.retention)
+
+
 def test_smoke_grid_produces_every_table_and_plot(smoke):
     runs, tables, _, _, stdout = smoke
-    assert "0 complete, 5 to run" in stdout and "[5/5]" in stdout
-    for name in ("accuracy", "efficiency_eval", "bench", "flops", "published_full", "cells"):
+    grid = _smoke_grid(runs)
+    n = len(_available(grid)) + len(grid.bench_cells())
+    assert f"0 complete, {n} to run" in stdout and f"[{n}/{n}]" in stdout
+    for cell in grid.unavailable():
+        assert f"[skip] {reproduce.describe(cell)}: unavailable ({cell.unavailable})" in stdout
+    for name in ("methods", "accuracy", "efficiency_eval", "bench", "flops", "published_full", "published_methods",
+                 "cells"):
         for suffix in (".md", ".csv", ".tex"):
             assert (tables / f"{name}{suffix}").stat().st_size > 0
     for png in ("accuracy_vs_ttft.png", "ttft_breakdown.png", "flops_per_stage.png"):
         assert (tables / png).read_bytes()[:4] == b"\x89PNG"
     text = (tables / "tables.md").read_text()
-    assert "CPU smoke run" in text and "4 of 4 cells complete, 1 benchmark report(s)" in text
+    total = len(grid.eval_cells())
+    complete = len(_available(grid))
+    assert "CPU smoke run" in text and f"{complete} of {total} cells complete, 1 benchmark report(s)" in text
+    # one row per method and ratio of the grid, in the grid's order, side by side
+    with open(tables / "methods.csv") as handle:
+        methods = list(csv.DictReader(handle))
+    assert [(r["method"], r["retention"]) for r in methods] == [_key(c) for c in grid.eval_cells()]
+    for row, cell in zip(methods, grid.eval_cells()):
+        assert bool(row["ttft_ms"]) == (not cell.unavailable), row  # measured by the bench when it ran
+        assert bool(row["average_accuracy"]) == (not cell.unavailable), row
 
 
 def test_smoke_tables_agree_with_the_raw_files(smoke):
     runs, tables, _, _, _ = smoke
+    grid = _smoke_grid(runs)
     with open(tables / "accuracy.csv") as handle:
         accuracy = {(r["method"], r["retention"]): r for r in csv.DictReader(handle) if r["task"] != "average"}
     with open(tables / "efficiency_eval.csv") as handle:
         efficiency = {(r["method"], r["retention"]): r for r in csv.DictReader(handle)}
-    medians = {}
-    for key, folder in ((("full", ""), "full"), (("earlytom", "0.1"), "earlytom_r0.10"),
-                        (("earlytom", "0.25"), "earlytom_r0.25"), (("earlytom_postenc", "0.1"),
-                                                                   "earlytom_postenc_r0.10")):
-        cell = runs / "tiny-ov" / "earlytom_smoke" / folder
+    medians, tokens = {}, {}
+    for grid_cell in _available(grid):
+        key, cell = _key(grid_cell), grid_cell.folder
         samples = [json.loads(line) for p in cell.rglob("*_samples_earlytom_smoke.jsonl")
                    for line in p.read_text().splitlines()]
         results = json.loads(next(cell.rglob("*_results.json")).read_text())
@@ -320,6 +417,8 @@ def test_smoke_tables_agree_with_the_raw_files(smoke):
         eff = efficiency[key]
         assert float(eff["ttft_ms"]) == pytest.approx(medians[key])
         assert float(eff["visual_tokens"]) == pytest.approx(statistics.mean(r["visual_tokens"] for r in good))
+        tokens[key] = statistics.mean(r["visual_tokens"] for r in good)
+        assert float(eff["reached_retention"]) == pytest.approx((tokens[key] - 1) / (tokens[("full", "")] - 1))
     for key in medians:
         assert float(efficiency[key]["speedup_vs_full"]) == pytest.approx(medians[("full", "")] / medians[key])
     report = json.loads((runs / "tiny-ov" / "bench" / "videomme" / "bench.json").read_text())
@@ -329,10 +428,21 @@ def test_smoke_tables_agree_with_the_raw_files(smoke):
         bench = {r["config"]: r for r in csv.DictReader(handle)}
     with open(tables / "flops.csv") as handle:
         flop_rows = {r["config"]: r for r in csv.DictReader(handle)}
-    for name in ("earlytom_r0.10", "earlytom_r0.25", "earlytom_postenc_r0.10"):
+    assert sorted(bench) == sorted(c.name for c in _available(grid))
+    full_tokens = next(e["visual_tokens"] for e in report["configs"] if e["name"] == "full")
+    for entry in report["configs"]:
+        name = entry["name"]
         assert float(bench[name]["speedup_vs_full"]) == pytest.approx(bench_medians["full"] / bench_medians[name])
         assert float(flop_rows[name]["flops_pct_of_full"]) == pytest.approx(100.0 * flops[name] / flops["full"])
-    assert int(float(bench["earlytom_r0.10"]["visual_tokens"])) < int(float(bench["full"]["visual_tokens"]))
+        reached = (entry["visual_tokens"] - 1) / (full_tokens - 1)
+        assert float(bench[name]["reached_retention"]) == pytest.approx(reached)
+        if name != "full" and entry["config"]["method"] != "fastv":  # FastV cuts inside the LLM only
+            assert entry["visual_tokens"] < full_tokens, name
+    # FastV: every token into the LLM, about the nominal share left after its cut
+    fastv = [c.name for c in _available(grid) if c.method.base == "fastv"]
+    for name in fastv:
+        assert float(bench[name]["reached_retention"]) == pytest.approx(1.0)
+        assert float(bench[name]["reached_retention_last_layer"]) < 0.2
 
 
 def test_a_second_invocation_runs_nothing_and_a_deleted_cell_runs_alone(smoke):
@@ -340,13 +450,14 @@ def test_a_second_invocation_runs_nothing_and_a_deleted_cell_runs_alone(smoke):
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("cell.json")}
     proc = subprocess.run(command, cwd=REPO, env=_env(HF_HOME=str(root / "hf_home")), capture_output=True,
                           text=True, timeout=600)
-    assert proc.returncode == 0 and "5 complete, 0 to run" in proc.stdout, proc.stdout[-3000:]
+    n = len(_available(_smoke_grid(runs))) + 1
+    assert proc.returncode == 0 and f"{n} complete, 0 to run" in proc.stdout, proc.stdout[-3000:]
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("cell.json")} == stamps
     bench = runs / "tiny-ov" / "bench" / "videomme"
     shutil.rmtree(bench)
     proc = subprocess.run(command, cwd=REPO, env=_env(HF_HOME=str(root / "hf_home")), capture_output=True,
                           text=True, timeout=600)
-    assert proc.returncode == 0 and "4 complete, 1 to run" in proc.stdout, proc.stdout[-3000:]
+    assert proc.returncode == 0 and f"{n - 1} complete, 1 to run" in proc.stdout, proc.stdout[-3000:]
     assert "[1/1] tiny-ov | TTFT bench" in proc.stdout
     after = {p: p.stat().st_mtime_ns for p in runs.rglob("cell.json")}
     assert [p for p in after if after[p] != stamps.get(p)] == [bench / "cell.json"]

@@ -312,3 +312,94 @@ def test_markdown_and_latex_escape_cells():
     assert "x\\|y" in md and "|---|---:|" in md
     tex = latex_table(table)
     assert "a\\_b & 1 \\& 2 \\\\" in tex and "A\\_b \\& c" in tex and "{lr}" in tex
+
+
+# ------------------------------------------------------------------------------------ every method side by side
+VZ10 = CompressionConfig.from_mapping({"method": "visionzip", "retention": 0.1, "num_frames": 8,
+                                       "name": "visionzip_r0.10"})
+FV10 = CompressionConfig.from_mapping({"method": "fastv", "retention": 0.1, "num_frames": 8, "name": "fastv_r0.10"})
+#: (visual tokens into the LLM, tokens per LLM layer) per config: FastV keeps all 129, then cuts at layer 2.
+TOKENS = {"full": (129, (179,) * 24), "earlytom_r0.10": (17, (67,) * 18 + (59,) * 6),
+          "visionzip_r0.10": (17, (67,) * 24), "fastv_r0.10": (129, (179,) * 2 + (63,) * 22)}
+
+
+def peer_bench_report(medians: dict[str, float], configs=(FULL, ET10, VZ10, FV10)) -> dict:
+    records = []
+    for cfg in configs:
+        visual, per_layer = TOKENS[cfg.name]
+        for round_, ttft in enumerate((medians[cfg.name] * 1.1, medians[cfg.name], medians[cfg.name] * 0.9)):
+            records.append(RunRecord(
+                phase="timed", round=round_, config=cfg.name, kind="both", ttft_ms=ttft,
+                stages_ms={"vision_encoder": ttft / 2, "llm_prefill": ttft / 2}, decode_ms=80.0, decode_tokens=4,
+                peak_memory_bytes=2**30, baseline_memory_bytes=2**29, visual_tokens=visual,
+                prompt_tokens=per_layer[0], frames_per_layer=(8,) * 26, frames_out=8, segments=None,
+                llm_tokens_per_layer=per_layer))
+    meta = {"tool": "earlytom-eval bench", "created_utc": "2026-01-01T00:00:00+00:00",
+            "hardware": {"device": "cpu", "device_name": "CPU: test", "dtype": "float32", "torch": "x",
+                         "transformers": "y", "attention_kernel": "sdpa"},
+            "model": {"source": "checkpoint /ckpt/tiny-ov"}, "video": {"frames": 8}}
+    return build_report(list(configs), records, ModelShapes.from_preset("tiny"), meta=meta)
+
+
+@pytest.fixture()
+def peer_runs(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root / "full", FULL, [1, 0, 1, 1], [100.0, 120.0, 80.0, 90.0])
+    write_run(root / "et10", ET10, [1, 0, 0, 1], [50.0, 40.0, 60.0, 70.0])
+    write_run(root / "vz10", VZ10, [1, 1, 0, 1], [60.0, 50.0, 70.0, 80.0])
+    write_run(root / "fv10", FV10, [0, 1, 0, 1], [70.0, 60.0, 80.0, 90.0], visual_tokens=129)
+    medians = {"full": 200.0, "earlytom_r0.10": 80.0, "visionzip_r0.10": 100.0, "fastv_r0.10": 120.0}
+    (root / "bench.json").write_text(json.dumps(peer_bench_report(medians)))
+    return root
+
+
+def test_methods_side_by_side_one_row_per_method_and_ratio(peer_runs):
+    expected = [{"model": "tiny-ov", "task": "videomme", "method": m, "retention": r, "method_label": label,
+                 "unavailable": why} for m, r, label, why in (
+        ("full", None, "Full tokens", ""), ("earlytom", 0.1, "EarlyTom", ""), ("visionzip", 0.1, "VisionZip", ""),
+        ("fastv", 0.1, "FastV", ""), ("dycoke", 0.1, "DyCoke", "method 'dycoke' is not registered yet"))]
+    result = aggregate(peer_runs, expected=expected)
+    methods = result.get("methods")
+    assert [(r["method"], r["retention"]) for r in methods.data] == [(e["method"], e["retention"]) for e in expected]
+    rows = {r["method"]: r for r in methods.data}
+    # accuracy and % of full from the accuracy table's averages
+    assert rows["visionzip"]["average_accuracy"] == pytest.approx(75.0)
+    assert rows["visionzip"]["pct_of_full"] == pytest.approx(100.0)
+    assert rows["earlytom"]["pct_of_full"] == pytest.approx(100.0 * 50.0 / 75.0)
+    # nominal vs reached retention: newline excluded, against full tokens in the same bench
+    assert rows["visionzip"]["reached_retention"] == pytest.approx(16 / 128)
+    assert rows["earlytom"]["reached_retention_last_layer"] == pytest.approx((17 - 8 - 1) / 128)
+    assert rows["fastv"]["reached_retention"] == pytest.approx(1.0)  # every token into the LLM ...
+    assert rows["fastv"]["reached_retention_last_layer"] == pytest.approx((129 - 116 - 1) / 128)  # ... cut inside it
+    # TTFT, speedup, FLOPs and memory from the bench; published figures beside
+    assert rows["visionzip"]["speedup_vs_full"] == pytest.approx(2.0)
+    assert rows["fastv"]["flops_pct_of_full"] < 100.0 and rows["fastv"]["peak_memory_gib"] == pytest.approx(1.0)
+    assert rows["visionzip"]["published_pct_of_full"] == published.PEER_PUBLISHED["visionzip"][0.1]["pct_of_full"]
+    assert rows["fastv"]["published_pct_of_full"] is None  # published at 25% only
+    # a cell that could not run says why, in one line, everywhere
+    assert rows["dycoke"]["ttft_ms"] is None
+    line = next(line for line in methods.display if line[1] == "DyCoke")
+    assert "not available" in line
+    cell = next(c for c in result.cells if c.method == "dycoke")
+    assert (cell.status, cell.reason) == ("not available", "method 'dycoke' is not registered yet")
+    assert not any("dycoke" in p for p in result.problems)
+    eff = {r["method"]: r for r in result.get("efficiency_eval").data}
+    assert eff["visionzip"]["reached_retention"] == pytest.approx(16 / 128)
+    assert eff["fastv"]["reached_retention"] == pytest.approx(1.0)
+
+
+def test_published_peer_numbers_carry_their_source(tmp_path):
+    root = tmp_path / "runs"
+    seven_b = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
+    write_run(root / "full", FULL.replace(num_frames=32), [1, 1, 1, 0], [1.0] * 4, pretrained=seven_b)
+    write_run(root / "vz", VZ10.replace(num_frames=32), [1, 1, 0, 0], [1.0] * 4, pretrained=seven_b)
+    table = aggregate(root).get("published_methods")
+    assert len(table.data) == sum(len(v) for v in published.PEER_PUBLISHED.values())
+    assert {r["method"] for r in table.data} == set(published.PEER_PUBLISHED) and "tome" not in published.PEER_PUBLISHED
+    for row in table.data:
+        assert row["source"] in published.SOURCES
+    vz = next(r for r in table.data if r["method"] == "visionzip" and r["retention"] == 0.1)
+    assert vz["videomme_published"] == 53.4 and vz["videomme_ours"] == pytest.approx(50.0)
+    assert vz["pct_of_full_ours"] is None  # the four-task average needs all four tasks
+    fastvid = next(r for r in table.data if r["method"] == "fastvid" and r["retention"] == 0.25)
+    assert fastvid["egoschema_published"] is None and "EgoSchema" in fastvid["note"]

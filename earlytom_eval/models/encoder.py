@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ from ..compression.temporal import compose_sources
 from ..compression.visionzip import pool_grid
 from ..timing import StageTimer
 
-__all__ = ["VideoEncoding", "encode_frames", "encode_videos", "head_averaged_keys", "received_attention"]
+__all__ = ["VideoEncoding", "encode_frames", "encode_videos", "head_averaged_keys", "received_attention", "save_tokens"]
 
 Segment = tuple[int, int]
 # Bytes of float32 attention probabilities materialised at once when computing the received attention.
@@ -83,6 +84,29 @@ class VideoEncoding:
     def span(self) -> int:
         """Positions the video occupies in the prompt: its tokens, or with kept RoPE gaps the full span."""
         return self.frames_in * self.pooled_per_frame + 1 if self.positions is not None else self.visual_tokens
+
+
+def save_tokens(encoding: VideoEncoding, path: str | Path) -> dict[str, torch.Tensor]:
+    """Write one video's visual tokens as a safetensors file, for inspecting and comparing methods.
+
+    Tensors: ``visual_tokens`` ``[N, D_llm]`` float32, exactly the embeddings spliced into the LLM input
+    (newline last); ``kept`` ``[N]`` long, per token the frame-major index ``t * S + q`` of the pooled source
+    token it is unchanged from, -1 for a merged or contextual token and for the newline (last). Metadata:
+    ``frames_in``, ``pooled_per_frame``, ``frames_out``. Returns the tensors written.
+    """
+    from safetensors.torch import save_file  # lazy: only this command writes safetensors
+
+    source = encoding.source.detach().to("cpu", torch.long).reshape(-1)
+    tensors = {
+        "visual_tokens": encoding.tokens.detach().to("cpu", torch.float32).contiguous(),
+        "kept": torch.cat([source, source.new_full((1,), -1)]).contiguous(),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"frames_in": str(encoding.frames_in), "pooled_per_frame": str(encoding.pooled_per_frame),
+            "frames_out": str(encoding.frames_out)}
+    save_file(tensors, str(path), metadata=meta)
+    return tensors
 
 
 def received_attention(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:

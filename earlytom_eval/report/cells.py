@@ -16,7 +16,7 @@ from .metrics import is_number
 from .names import METHOD_ORDER, TASK_ORDER, method_label
 from .runs import EvalRun, TaskOutcome
 
-__all__ = ["Cell", "document_efficiency", "resolve_cells"]
+__all__ = ["Cell", "document_efficiency", "reached_retention", "resolve_cells", "visual_tokens_after_cuts"]
 
 STAGES_MS = stage_fields()
 
@@ -29,7 +29,7 @@ class Cell:
     task: str
     method: str
     retention: float | None
-    status: str  # complete | incomplete | conflict | not run
+    status: str  # complete | incomplete | conflict | not run | not available (method or config not here)
     reason: str = ""
     run: EvalRun | None = None
     outcome: TaskOutcome | None = None
@@ -51,11 +51,14 @@ def resolve_cells(runs: Sequence[EvalRun], expected: Sequence[Mapping[str, Any]]
     grouped: dict[tuple, list[tuple[EvalRun, TaskOutcome]]] = defaultdict(list)
     labels: dict[tuple, str] = {}
     orders: dict[tuple, int] = {}
+    unavailable: dict[tuple, str] = {}
     for index, spec in enumerate(expected):
         key = (spec["model"], spec["task"], spec["method"], _retention_key(spec.get("retention")))
         grouped.setdefault(key, [])
         labels[key] = spec.get("method_label") or method_label(spec["method"])
         orders[key] = index
+        if spec.get("unavailable"):
+            unavailable[key] = str(spec["unavailable"])
     for run in runs:
         for outcome in run.tasks.values():
             key = (run.model_name, outcome.task, run.method, _retention_key(run.retention))
@@ -69,7 +72,10 @@ def resolve_cells(runs: Sequence[EvalRun], expected: Sequence[Mapping[str, Any]]
                     method_label=labels.get(key) or method_label(method), order=orders.get(key, 10**6))
         cell.runs = [run for run, _ in members]
         if not members:
-            cell.reason = "no run found"
+            if key in unavailable:  # the grid could not run it here: one line saying why
+                cell.status, cell.reason = "not available", unavailable[key]
+            else:
+                cell.reason = "no run found"
             cells.append(cell)
             continue
         identities = {}
@@ -105,6 +111,24 @@ def _cell_sort_key(cell: Cell) -> tuple:
     return (cell.model, method_rank, cell.method, -(cell.retention or 1.0), task_rank, cell.task)
 
 
+def visual_tokens_after_cuts(visual_tokens: Any, llm_tokens_per_layer: Any) -> float | None:
+    """Visual tokens left in the LLM's last layer: those spliced in, less what cuts inside the LLM removed
+    (FastV, HoliTom's inner stage, EarlyTom's stage 3). None when a count is missing."""
+    if not is_number(visual_tokens):
+        return None
+    per_layer = [v for v in (llm_tokens_per_layer or []) if is_number(v)]
+    if len(per_layer) < 2:
+        return float(visual_tokens)
+    return float(visual_tokens) - (float(per_layer[0]) - float(per_layer[-1]))
+
+
+def reached_retention(visual_tokens: Any, full_visual_tokens: Any) -> float | None:
+    """The share of the full-token video kept, newline excluded on both sides: ``(N - 1) / (N_full - 1)``."""
+    if not is_number(visual_tokens) or not is_number(full_visual_tokens) or full_visual_tokens <= 1:
+        return None
+    return (float(visual_tokens) - 1.0) / (float(full_visual_tokens) - 1.0)
+
+
 def _median(values: Iterable[Any]) -> float | None:
     values = [float(v) for v in values if is_number(v)]
     return float(statistics.median(values)) if values else None
@@ -128,6 +152,8 @@ def document_efficiency(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             others.append(max(0.0, r["ttft_ms"] - sum(r.get(s) or 0.0 for s in STAGES_MS if is_number(r.get(s)))))
     out["other_ms"] = _median(others)
     out["visual_tokens"] = _mean(r.get("visual_tokens") for r in ok)
+    out["visual_tokens_last_layer"] = _mean(visual_tokens_after_cuts(r.get("visual_tokens"),
+                                                                     r.get("llm_tokens_per_layer")) for r in ok)
     out["prompt_tokens"] = _mean(r.get("prompt_tokens") for r in ok)
     out["frames_out"] = _mean(r.get("frames_out") for r in ok)
     rates = [(r["generated_tokens"] - 1) / (r["decode_ms"] / 1000.0) for r in ok

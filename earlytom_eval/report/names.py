@@ -42,9 +42,16 @@ METHOD_LABELS = {
     "full": "Full tokens",
     "earlytom": "EarlyTom",
     "earlytom_postenc": "EarlyTom w/o encoder stage",
+    "visionzip": "VisionZip",
+    "holitom": "HoliTom",
+    "fastvid": "FastVID",
+    "fastv": "FastV",
+    "dycoke": "DyCoke",
+    "tome": "ToMe",
 }
 
-METHOD_ORDER = ("full", "earlytom", "earlytom_postenc")
+#: Rows in this order (full tokens, EarlyTom and its ablation, then the peers as the spec lists them).
+METHOD_ORDER = ("full", "earlytom", "earlytom_postenc", "visionzip", "holitom", "fastvid", "fastv", "dycoke", "tome")
 
 
 def method_of(config: Mapping[str, Any] | None, fallback: str | None = None) -> tuple[str, float | None]:

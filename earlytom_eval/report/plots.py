@@ -15,7 +15,7 @@ from ..paths import slug
 from ..stages import PREFILL_FLOP_STAGES, STAGE_LABELS
 from .cells import document_efficiency
 from .metrics import is_number
-from .names import METHOD_ORDER, task_label
+from .names import METHOD_ORDER, method_label, task_label
 from .table import ratio_label
 from .tables import BENCH_STAGES, Tables, flop_unit
 
@@ -29,6 +29,12 @@ METHOD_STYLES = {
     "full": {"color": "black", "marker": "*", "markersize": 13},
     "earlytom": {"color": "#C44E52", "marker": "o", "markersize": 6},
     "earlytom_postenc": {"color": "#4C72B0", "marker": "s", "markersize": 6},
+    "visionzip": {"color": "#55A868", "marker": "^", "markersize": 6},
+    "holitom": {"color": "#8172B3", "marker": "D", "markersize": 5},
+    "fastvid": {"color": "#DD8452", "marker": "v", "markersize": 6},
+    "fastv": {"color": "#937860", "marker": "P", "markersize": 6},
+    "dycoke": {"color": "#DA8BC3", "marker": "X", "markersize": 6},
+    "tome": {"color": "#8C8C8C", "marker": "h", "markersize": 6},
 }
 WIDTH_IN = 9.5
 DPI = 110
@@ -100,8 +106,8 @@ def accuracy_vs_ttft(result: Tables, out: Path) -> list[Path]:
             ax.margins(x=0.15, y=0.2)
         for ax in list(axes.flat)[len(tasks):]:
             ax.axis("off")
-        fig.legend(list(methods_seen.values()), list(methods_seen), loc="lower center", ncol=len(methods_seen),
-                   frameon=False)
+        fig.legend(list(methods_seen.values()), list(methods_seen), loc="lower center",
+                   ncol=min(5, len(methods_seen)), frameon=False)
         _suptitle(fig, f"Accuracy vs TTFT, {model}", result.header)
         fig.tight_layout(rect=(0, 0.07, 1, 0.95 if len(fig.texts) else 1))
         name = "accuracy_vs_ttft.png" if len(models) == 1 else f"accuracy_vs_ttft_{slug(model)}.png"
@@ -128,8 +134,7 @@ def _bars(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, Mapping[str, Any
 
     out = []
     for row in sorted(rows, key=rank):
-        short = {"full": "full", "earlytom": "EarlyTom", "earlytom_postenc": "w/o enc."}.get(row["method"],
-                                                                                            row["method"])
+        short = {"full": "full", "earlytom_postenc": "w/o enc."}.get(row["method"], method_label(row["method"]))
         ratio = ratio_label(row["method"], row["retention"], full="full")
         out.append(("full" if row["method"] == "full" else f"{ratio}\n{short}", row))
     return out

@@ -12,7 +12,7 @@ from typing import Any
 
 from .cells import Cell
 from .metrics import is_number
-from .names import task_label
+from .names import method_label, task_label
 from .table import Table, fmt
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "FRAMES",
     "FULL_ACCURACY",
     "MODEL",
+    "PEER_PUBLISHED",
     "RELATIVE_ACCURACY",
     "SOURCES",
     "TTFT_CONTEXT",
@@ -47,6 +48,14 @@ SOURCES = {
     ),
     "holitom_ttft": "HoliTom paper: TTFT breakdown of LLaVA-OV-7B (full tokens vs HoliTom)",
     "llava_ov_paper": "LLaVA-OneVision paper (Li et al., 2024), LLaVA-OV-7B results",
+    "holitom_readme": (
+        "HoliTom README results table (cokeshao/HoliTom @ e9b2972, imgs/benchmark.jpeg): LLaVA-OV-7B, 32 frames, "
+        "MVBench / EgoSchema / LongVideoBench / VideoMME, prefill FLOPs against 40.8 T for full tokens"
+    ),
+    "fastvid_log": "FastVID repository log (LunarShen/FastVID @ a40a109, scripts/llava_onevision.log): rho 0.10, "
+                   "flash-attention-2",
+    "dycoke_table": "DyCoke README / paper table (KD-TAO/DyCoke @ dd74634, figures/table.png): K 0.7, L 3, P 0.7, "
+                    "14.25% of the tokens finally retained, 43% FLOPs; VideoMME 58.3 vs 58.5 full",
 }
 
 #: Full-token accuracy (%) per task and source. LongVideoBench's LLaVA-OV figure is the one the
@@ -81,6 +90,55 @@ WHERE = {
     "PDrop": "inside the LLM",
     "DyCoke": "prefill",
     "EarlyTom": "inside the encoder + after + inside the LLM",
+}
+
+#: The peers' published per-task accuracy (%) on LLaVA-OV-7B at 32 frames: method key -> ratio -> entry with
+#: the tasks it reports, ``average`` and ``pct_of_full`` where the source gives them, ``prefill_tflops`` (the
+#: source's basis), ``source`` (a key of :data:`SOURCES`) and a ``note``. Transcribed from
+#: ``../shared/spec/peer-methods.md``. HoliTom's README table gives FastV and DyCoke one row each, which the
+#: EarlyTom paper's comparison places at 25%; FastVID has no EgoSchema figure; ToMe has none at all.
+PEER_PUBLISHED: dict[str, dict[float, dict[str, Any]]] = {
+    "visionzip": {
+        0.25: {"mvbench": 57.9, "egoschema": 60.3, "longvideobench_val_v": 56.5, "videomme": 58.2,
+               "average": 58.2, "pct_of_full": 99.7, "prefill_tflops": 8.7, "source": "holitom_readme"},
+        0.20: {"mvbench": 57.7, "egoschema": 59.8, "longvideobench_val_v": 55.2, "videomme": 57.9,
+               "average": 57.7, "pct_of_full": 98.8, "prefill_tflops": 7.0, "source": "holitom_readme"},
+        0.15: {"mvbench": 56.5, "egoschema": 59.8, "longvideobench_val_v": 54.4, "videomme": 56.1,
+               "average": 56.7, "pct_of_full": 97.1, "prefill_tflops": 5.2, "source": "holitom_readme"},
+        0.10: {"mvbench": 53.5, "egoschema": 58.0, "longvideobench_val_v": 49.3, "videomme": 53.4,
+               "average": 53.5, "pct_of_full": 91.6, "prefill_tflops": 3.4, "source": "holitom_readme"},
+    },
+    "holitom": {
+        0.25: {"mvbench": 58.4, "egoschema": 61.2, "longvideobench_val_v": 56.7, "videomme": 58.9,
+               "average": 58.8, "pct_of_full": 100.7, "prefill_tflops": 7.1, "source": "holitom_readme"},
+        0.20: {"mvbench": 58.7, "egoschema": 61.0, "longvideobench_val_v": 57.1, "videomme": 58.6,
+               "average": 58.8, "pct_of_full": 100.7, "prefill_tflops": 5.8, "source": "holitom_readme"},
+        0.15: {"mvbench": 58.1, "egoschema": 61.2, "longvideobench_val_v": 56.4, "videomme": 57.3,
+               "average": 58.2, "pct_of_full": 99.7, "prefill_tflops": 4.3, "source": "holitom_readme"},
+        0.10: {"mvbench": 57.3, "egoschema": 61.2, "longvideobench_val_v": 56.3, "videomme": 56.8,
+               "average": 57.9, "pct_of_full": 99.1, "prefill_tflops": 2.8, "source": "holitom_readme"},
+    },
+    "fastvid": {
+        0.25: {"mvbench": 56.5, "longvideobench_val_v": 56.3, "videomme": 58.0, "source": "holitom_readme",
+               "note": "no EgoSchema figure"},
+        0.20: {"mvbench": 56.3, "longvideobench_val_v": 57.1, "videomme": 57.9, "source": "holitom_readme",
+               "note": "no EgoSchema figure"},
+        0.15: {"mvbench": 56.0, "longvideobench_val_v": 56.2, "videomme": 57.7, "source": "holitom_readme",
+               "note": "no EgoSchema figure"},
+        0.10: {"mvbench": 55.9, "longvideobench_val_v": 56.3, "videomme": 57.3, "source": "holitom_readme",
+               "note": "no EgoSchema figure; FastVID's own log: VideoMME 57.33 (fastvid_log)"},
+    },
+    "fastv": {
+        0.25: {"mvbench": 55.9, "egoschema": 57.5, "longvideobench_val_v": 56.7, "videomme": 56.1,
+               "average": 56.5, "pct_of_full": 96.7, "prefill_tflops": 9.3, "source": "holitom_readme",
+               "note": "settings not stated; every token enters the LLM"},
+    },
+    "dycoke": {
+        0.25: {"mvbench": 53.1, "egoschema": 59.5, "longvideobench_val_v": 49.5, "videomme": 54.3,
+               "average": 54.1, "pct_of_full": 92.6, "source": "holitom_readme",
+               "note": "how '25%' was reached is not stated (stage 1 cannot go below ~28%); DyCoke's own table: "
+                       "VideoMME 58.3 (dycoke_table)"},
+    },
 }
 
 #: EarlyTom's own headline claims (source ``earlytom_paper``). Bounds, not per-cell numbers.
@@ -199,7 +257,42 @@ def published_tables(cells: Sequence[Cell], bench_rows: Sequence[Mapping[str, An
          "Published: " + SOURCES["earlytom_paper"] + "; full-token TTFT: " + SOURCES["holitom_ttft"]
          + ". Timings depend on the GPU: compare like with like."],
         align="lrrr")
-    return [full, relative, eff]
+    return [full, relative, methods_published_table(acc, model, note_model), eff]
+
+
+def methods_published_table(acc: Mapping[tuple, Mapping[str, Any]], model: str | None, note_model: str) -> Table:
+    """Every peer's published per-task accuracy per ratio, ours beside (LLaVA-OV-7B at 32 frames only)."""
+    tasks = list(AVERAGE_TASKS)
+    rows, display = [], []
+    for method, by_ratio in PEER_PUBLISHED.items():
+        for retention, entry in by_ratio.items():
+            record: dict[str, Any] = {"method": method, "retention": retention, "source": entry["source"],
+                                      "note": entry.get("note", "")}
+            line = [method_label(method), f"{retention * 100:g}%"]
+            for task in tasks:
+                ours = (acc.get((model, task, method, retention)) or {}).get("accuracy") if model else None
+                record[f"{task}_published"], record[f"{task}_ours"] = entry.get(task), ours
+                line.append(fmt(entry.get(task)) + (f" ({fmt(ours)})" if is_number(ours) else ""))
+            average = (acc.get((model, "average", method, retention)) or {}) if model else {}
+            same_tasks = str(average.get("average_over") or "").split(";") == tasks
+            ours_pct = average.get("pct_of_full") if same_tasks else None  # only the same four-task average
+            record.update(pct_of_full_published=entry.get("pct_of_full"), pct_of_full_ours=ours_pct,
+                          diff_pct_of_full=_diff(ours_pct, entry.get("pct_of_full")),
+                          prefill_tflops_published=entry.get("prefill_tflops"))
+            line += [fmt(entry.get("pct_of_full")), fmt(ours_pct), fmt(_diff(ours_pct, entry.get("pct_of_full")), 1),
+                     fmt(entry.get("prefill_tflops")), entry["source"] + (f"; {entry['note']}" if entry.get("note")
+                                                                          else "")]
+            rows.append(record)
+            display.append(line)
+    columns = (["Method", "Retention"] + [f"{task_label(t)} pub. (ours)" for t in tasks]
+               + ["% of full pub.", "% of full ours", "Ours − pub.", "Prefill TFLOPs pub.", "Source"])
+    notes = [note_model, "Published accuracy (%) per task, ours in brackets where a run of LLaVA-OV-7B at 32 frames "
+             "exists; % of full = the average over the four tasks as % of the full-token average. Prefill TFLOPs: "
+             "the source's own count (full tokens 40.8 T there). Sources: " + "; ".join(
+                 f"{k} = {SOURCES[k]}" for k in ("holitom_readme", "fastvid_log", "dycoke_table")) + ". ToMe: "
+             "no published numbers in the reference repositories."]
+    return Table("published_methods", "Peer methods: published accuracy per task, ours beside", rows, columns,
+                 display, notes, align="ll" + "r" * (len(tasks) + 4) + "l")
 
 
 def _diff(ours: Any, theirs: Any) -> float | None:

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ..stages import FLOP_STAGES, OTHER, PREFILL_FLOP_STAGES, STAGES
-from .cells import Cell, document_efficiency, resolve_cells
+from .cells import Cell, document_efficiency, reached_retention, resolve_cells, visual_tokens_after_cuts
+from .compare import methods_table
 from .metrics import is_number
 from .names import METHOD_ORDER, TASK_ORDER, method_label, method_of, task_label
 from .published import AVERAGE_TASKS, published_tables
@@ -37,6 +38,11 @@ class Tables:
 
     def get(self, name: str) -> Table:
         return next(t for t in self.tables if t.name == name)
+
+
+def _pct(value: Any) -> str:
+    """A share as a percentage, e.g. ``10.2%``."""
+    return fmt(100.0 * value, 1, "%") if is_number(value) else "—"
 
 
 def _average_tasks(tasks: Sequence[str], average: Sequence[str] | None) -> list[str]:
@@ -122,17 +128,19 @@ def accuracy_table(cells: Sequence[Cell], average: Sequence[str] | None = None) 
 
 def efficiency_eval_table(cells: Sequence[Cell]) -> Table:
     """Per-document efficiency of the evaluated runs (the plugin's log), with speedup vs full."""
-    columns = ["Model", "Task", "Method", "Retention", "Docs", "Visual tokens", "TTFT ms", "Speedup",
-               "Encoder ms", "Compression ms", "Proj+pool ms", "LLM prefill ms", "Stage-3 ms", "Other ms",
-               "Peak mem GiB", "Decode tok/s"]
+    columns = ["Model", "Task", "Method", "Retention", "Docs", "Visual tokens", "Reached", "After LLM cuts",
+               "TTFT ms", "Speedup", "Encoder ms", "Compression ms", "Proj+pool ms", "LLM prefill ms",
+               "In-LLM cut ms", "Other ms", "Peak mem GiB", "Decode tok/s"]
     data, display = [], []
     full_ttft = {}
+    full_tokens = {}
     stats = {}
     for cell in cells:
         if cell.status == "complete" and cell.outcome is not None:
             stats[cell.key] = document_efficiency(cell.outcome.rows)
             if cell.method == "full":
                 full_ttft[(cell.model, cell.task)] = stats[cell.key]["ttft_ms"]
+                full_tokens[(cell.model, cell.task)] = stats[cell.key]["visual_tokens"]
     kinds = set()
     for cell in cells:
         label = ratio_label(cell.method, cell.retention)
@@ -149,12 +157,16 @@ def efficiency_eval_table(cells: Sequence[Cell]) -> Table:
         record.update(s)
         record["speedup_vs_full"] = speedup
         record["full_ttft_ms"] = base
+        full_n = full_tokens.get((cell.model, cell.task))
+        record["reached_retention"] = reached_retention(s["visual_tokens"], full_n)
+        record["reached_retention_last_layer"] = reached_retention(s["visual_tokens_last_layer"], full_n)
         kinds.add(s["peak_memory_kind"])
         data.append(record)
         display.append([
             cell.model, task_label(cell.task), cell.method_label, label,
             f"{s['docs_timed']}" + (f" (+{s['docs_with_error']} err)" if s["docs_with_error"] else ""),
-            fmt(s["visual_tokens"], 0), fmt(s["ttft_ms"]), fmt(speedup, 2, "x"),
+            fmt(s["visual_tokens"], 0), _pct(record["reached_retention"]),
+            _pct(record["reached_retention_last_layer"]), fmt(s["ttft_ms"]), fmt(speedup, 2, "x"),
             fmt(s["vision_encoder_ms"]), fmt(s["compression_ms"]), fmt(s["projector_pooling_ms"]),
             fmt(s["llm_prefill_ms"]), fmt(s["inner_merge_ms"]), fmt(s["other_ms"]),
             fmt(s["peak_memory_gib"], 2), fmt(s["decode_tokens_per_s"]),
@@ -163,7 +175,9 @@ def efficiency_eval_table(cells: Sequence[Cell]) -> Table:
         "From the per-document efficiency log of each run (documents with a data error excluded): medians "
         "over documents of TTFT (preprocessed frames to first token) and of each stage; speedup = median TTFT "
         "of full tokens / median TTFT of the method, same task; visual tokens into the LLM (mean, newline "
-        "included); peak memory = the highest document's "
+        "included); reached = the share of the full-token video kept into the LLM, after LLM cuts = left in the "
+        "LLM's last layer (FastV, HoliTom's inner stage, EarlyTom's stage 3; both newline excluded, against full "
+        "tokens on the same task; the nominal ratio is the Retention column); peak memory = the highest document's "
         + (", ".join(sorted(k for k in kinds if k)) or "peak") + " (includes the weights; cpu_max_rss is the "
         "process high-water mark); decode tok/s = median over documents of (generated tokens - 1) / decode time.",
     ]
@@ -215,6 +229,8 @@ def _bench_rows(bench_runs: Sequence[BenchRun]) -> tuple[list[dict[str, Any]], l
                 "tasks": ";".join(spec.get("tasks", [])), "config": entry.get("name"), "method": method,
                 "method_label": meta.get("method_label") or method_label(method), "retention": retention,
                 "frames": run.frames, "visual_tokens": entry.get("visual_tokens"),
+                "visual_tokens_last_layer": visual_tokens_after_cuts(entry.get("visual_tokens"),
+                                                                     entry.get("llm_tokens_per_layer")),
                 "frames_out": entry.get("frames_out"), "schedule": entry.get("schedule_compact"),
                 "ttft_ms": ttft.get("median"), "ttft_min_ms": ttft.get("min"), "ttft_max_ms": ttft.get("max"),
                 "timed_runs": entry.get("timed_runs"),
@@ -231,6 +247,9 @@ def _bench_rows(bench_runs: Sequence[BenchRun]) -> tuple[list[dict[str, Any]], l
             for stage in FLOP_STAGES:
                 row[f"flops_{stage}"] = flops.get(stage)
             if full is not None:
+                row["reached_retention"] = reached_retention(row["visual_tokens"], full.get("visual_tokens"))
+                row["reached_retention_last_layer"] = reached_retention(row["visual_tokens_last_layer"],
+                                                                        full.get("visual_tokens"))
                 base = (full.get("ttft_ms") or {}).get("median")
                 row["speedup_vs_full"] = base / row["ttft_ms"] if is_number(base) and row["ttft_ms"] else None
                 fdec = ((full.get("decode") or {}).get("tokens_per_s") or {}).get("median")
@@ -254,14 +273,15 @@ def _bench_rows(bench_runs: Sequence[BenchRun]) -> tuple[list[dict[str, Any]], l
 
 
 def bench_table(rows: Sequence[Mapping[str, Any]]) -> Table:
-    columns = ["Model", "Settings", "Method", "Retention", "Visual tokens", "Frames/layer", "TTFT ms [min-max]",
-               "Speedup", "Encoder", "Compression", "Proj+pool", "LLM prefill", "Stage-3", "1st token", "Other",
-               "Peak mem GiB", "Decode tok/s", "Decode vs full"]
+    columns = ["Model", "Settings", "Method", "Retention", "Visual tokens", "Reached", "After LLM cuts",
+               "Frames/layer", "TTFT ms [min-max]", "Speedup", "Encoder", "Compression", "Proj+pool", "LLM prefill",
+               "In-LLM cut", "1st token", "Other", "Peak mem GiB", "Decode tok/s", "Decode vs full"]
     display = []
     for r in rows:
         display.append([
             r["model"], r["settings"], r["method_label"], ratio_label(r["method"], r["retention"]),
-            fmt(r["visual_tokens"], 0), str(r.get("schedule") or ""),
+            fmt(r["visual_tokens"], 0), _pct(r.get("reached_retention")),
+            _pct(r.get("reached_retention_last_layer")), str(r.get("schedule") or ""),
             f"{fmt(r['ttft_ms'])} [{fmt(r['ttft_min_ms'])}-{fmt(r['ttft_max_ms'])}]",
             fmt(r.get("speedup_vs_full"), 2, "x"),
             *[fmt(r.get(f"{s}_ms")) for s in BENCH_STAGES],
@@ -274,7 +294,8 @@ def bench_table(rows: Sequence[Mapping[str, Any]]) -> Table:
         "`earlytom-eval bench`: one clip, batch 1, all configs of a settings row in one run, interleaved; TTFT = "
         "preprocessed frames on the device to the first token; median [min-max] over the timed rounds, stage "
         "columns in ms (medians of the stage-timed runs); speedup = full tokens' median TTFT / the method's; "
-        "peak memory includes the weights; decode tok/s = greedy tokens after the first, per second.",
+        "peak memory includes the weights; decode tok/s = greedy tokens after the first, per second; reached / "
+        "after LLM cuts = share of the full-token video into the LLM / left in its last layer (newline excluded).",
     ]
     if devices:
         notes.append("Measured on: " + "; ".join(devices) + ".")
@@ -355,7 +376,7 @@ def aggregate(
     accuracy = accuracy_table(cells, average)
     bench_rows, bench_problems = _bench_rows(bench_runs)
     problems += bench_problems
-    tables = [accuracy, efficiency_eval_table(cells)]
+    tables = [methods_table(accuracy, bench_rows), accuracy, efficiency_eval_table(cells)]
     if bench_rows:
         tables += [bench_table(bench_rows), flops_table(bench_rows)]
     tables += published_tables(cells, bench_rows, accuracy)

@@ -1,8 +1,12 @@
 """The experiment grid: a YAML file that names models, tasks, methods and ratios, expanded to cells.
 
 An *eval cell* is one lmms-eval run of one task with one config; a *bench cell* is one ``earlytom-eval bench``
-of every config of one hyperparameter row. The README's "The grid" section lists the file's keys. A grid
-carries the environment its runs get (the process's, the grid's ``env`` on top), passed on explicitly.
+of every config of one hyperparameter row. EarlyTom's configs come from the grid's per-task ``settings`` rows;
+a peer method's from its shipped ``configs/<method>_r<ratio>.yaml`` (one per ratio, every task), with the
+method entry's ``overrides`` on top. A cell whose method is not registered yet, or whose config file is not
+there, is kept as *unavailable* with one line saying why (it is listed, never run). The README's "The grid"
+section lists the file's keys. A grid carries the environment its runs get (the process's, the grid's ``env``
+on top), passed on explicitly.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from typing import Any
 
 import yaml
 
-from ..compression.config import CompressionConfig, ConfigError
+from ..compression.config import METHODS, CompressionConfig, ConfigError
+from ..compression.registry import registered_methods
 from ..efficiency.host import cuda_device_count
 from ..lmms.datasets import first_video
-from ..paths import REPO, hf_home, slug
+from ..paths import REPO, find_config, hf_home, slug
 from ..report.names import METHOD_LABELS
 
 __all__ = [
@@ -31,6 +36,7 @@ __all__ = [
     "MethodSpec",
     "ModelSpec",
     "TaskSpec",
+    "Unavailable",
     "expand",
     "load_grid",
     "local_path",
@@ -39,6 +45,10 @@ __all__ = [
 
 class GridError(ValueError):
     """The grid file is invalid (one line naming the key)."""
+
+
+class Unavailable(Exception):
+    """A cell cannot run in this checkout: its method is not registered, or its config file is not there."""
 
 
 @dataclass(frozen=True)
@@ -69,9 +79,22 @@ class TaskSpec:
 class MethodSpec:
     key: str
     label: str
-    base: str  # "full" | "earlytom"
+    base: str  # a method of METHODS: "full", "earlytom" (settings rows) or a peer (its shipped configs)
     ratios: tuple[float, ...] = ()
     overrides: tuple[tuple[str, Any], ...] = ()
+    config: str = ""  # a peer's config per ratio: a name or path pattern with {method}, {key}, {ratio}
+
+    @property
+    def peer(self) -> bool:
+        """Configs come from shipped files (one per ratio, for every task), not from settings rows."""
+        return self.base not in ("full", "earlytom")
+
+    def cell_name(self, retention: float | None) -> str:
+        return "full" if self.base == "full" else f"{self.key}_r{retention:.2f}"
+
+
+#: A peer method's config file per ratio (``configs/visionzip_r0.10.yaml``).
+PEER_CONFIG = "{method}_r{ratio:.2f}"
 
 
 @dataclass
@@ -80,15 +103,20 @@ class EvalCell:
     task: TaskSpec
     method: MethodSpec
     retention: float | None
-    config: CompressionConfig
+    config: CompressionConfig | None  # None when unavailable
     folder: Path
     grid: Grid
+    unavailable: str = ""  # why the cell cannot run here (method not registered, config file absent)
 
     kind = "eval"
 
     @property
+    def name(self) -> str:
+        return self.config.name if self.config is not None else self.method.cell_name(self.retention)
+
+    @property
     def id(self) -> str:
-        return f"{self.model.name}/{self.task.key}/{self.config.name}"
+        return f"{self.model.name}/{self.task.key}/{self.name}"
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -109,7 +137,7 @@ class EvalCell:
 
     def expected(self) -> dict[str, Any]:
         return {"model": self.model.name, "task": self.task.key, "method": self.method.key,
-                "retention": self.retention, "method_label": self.method.label}
+                "retention": self.retention, "method_label": self.method.label, "unavailable": self.unavailable}
 
 
 @dataclass
@@ -174,8 +202,11 @@ class Grid:
 
     # ------------------------------------------------------------------ configs and cells
     def config_for(self, method: MethodSpec, settings: str, retention: float | None) -> CompressionConfig:
+        """The exact config of one cell (raises :class:`Unavailable` for a method or config file not here)."""
         if method.base == "full":
             values: dict[str, Any] = {"method": "full", "num_frames": self.frames, "name": "full"}
+        elif method.peer:
+            values = self._peer_values(method, retention)
         else:
             row = self.settings.get(settings)
             if row is None:
@@ -185,7 +216,7 @@ class Grid:
                 raise GridError(f"settings row '{settings}' has no entry for ratio {retention} "
                                 f"(has: {', '.join(f'{r:g}' for r in row)})")
             values = {"method": "earlytom", **self.earlytom, **fields, **dict(method.overrides),
-                      "retention": retention, "num_frames": self.frames, "name": f"{method.key}_r{retention:.2f}"}
+                      "retention": retention, "num_frames": self.frames, "name": method.cell_name(retention)}
             values["description"] = f"{method.label}, retention {retention:.2f}, {settings} settings (grid {self.name})"
         try:
             return CompressionConfig.from_mapping(values)
@@ -193,28 +224,76 @@ class Grid:
             where = f"{self.path}: method {method.key}, settings {settings}, ratio {retention}"
             raise GridError(f"{where}: {err}") from None
 
+    def _peer_values(self, method: MethodSpec, retention: float | None) -> dict[str, Any]:
+        if method.base not in registered_methods():
+            raise Unavailable(f"method '{method.base}' is not registered yet (registered: "
+                              f"{', '.join(registered_methods())})")
+        pattern = method.config or PEER_CONFIG
+        name = pattern.format(method=method.base, key=method.key, ratio=retention)
+        path = find_config(name)
+        if path is None:
+            raise Unavailable(f"config {name} not found (looked for {name}.yaml in configs/)")
+        try:
+            values = dict(yaml.safe_load(path.read_text()) or {})
+        except (OSError, yaml.YAMLError) as err:
+            raise GridError(f"{self.path}: method {method.key}: {path} is unreadable: {err}") from None
+        if values.get("method") != method.base:
+            raise GridError(f"{self.path}: method {method.key}: {path} has method {values.get('method')!r}, "
+                            f"not {method.base!r}")
+        if values.get("retention") is not None and round(float(values["retention"]), 4) != retention:
+            raise GridError(f"{self.path}: method {method.key}: {path} has retention {values['retention']}, "
+                            f"not {retention}")
+        overrides = dict(method.overrides)
+        described = f"{method.label}, retention {retention:.2f}, from {path.name}"
+        if overrides:
+            described += " with " + ", ".join(f"{k}={v}" for k, v in overrides.items())
+        values.update(overrides)
+        values.update(retention=retention, num_frames=self.frames, name=method.cell_name(retention),
+                      description=f"{described} (grid {self.name})")
+        return values
+
+    def _cell_config(self, method: MethodSpec, settings: str,
+                     retention: float | None) -> tuple[CompressionConfig | None, str]:
+        try:
+            return self.config_for(method, settings, retention), ""
+        except Unavailable as why:
+            return None, str(why)
+
     def eval_cells(self) -> list[EvalCell]:
         cells = []
         for model in self.models:
             for task in self.tasks:
                 for method in self.methods:
                     for retention in (method.ratios if method.base != "full" else (None,)):
-                        config = self.config_for(method, task.settings, retention)
-                        folder = self.runs / slug(model.name) / slug(task.key) / slug(config.name)
-                        cells.append(EvalCell(model, task, method, retention, config, folder, self))
+                        config, why = self._cell_config(method, task.settings, retention)
+                        name = config.name if config is not None else method.cell_name(retention)
+                        folder = self.runs / slug(model.name) / slug(task.key) / slug(name)
+                        cells.append(EvalCell(model, task, method, retention, config, folder, self, why))
         return cells
 
+    def bench_rows(self) -> list[str]:
+        """The hyperparameter rows benchmarked: ``bench.settings``, default every task's row in task order."""
+        return list(self.bench.get("settings") or dict.fromkeys(t.settings for t in self.tasks))
+
     def bench_cells(self) -> list[BenchCell]:
+        """One bench per (model, row): full tokens and EarlyTom's configs of that row; the peers' configs, the
+        same for every row, only in ``bench.peer_settings`` (default: the first row). Unavailable configs are
+        left out."""
         if not self.bench:
             return []
-        rows = self.bench.get("settings") or list(dict.fromkeys(t.settings for t in self.tasks))
+        rows = self.bench_rows()
+        peer_row = str(self.bench.get("peer_settings") or rows[0])
         cells = []
         for model in self.models:
             for row in rows:
                 configs = []
                 for method in self.methods:
+                    if method.peer and row != peer_row:
+                        continue
                     for retention in (method.ratios if method.base != "full" else (None,)):
-                        configs.append((method, retention, self.config_for(method, row, retention)))
+                        config, _ = self._cell_config(method, row, retention)
+                        if config is not None:
+                            configs.append((method, retention, config))
                 tasks = [t.key for t in self.tasks if t.settings == row]
                 folder = self.runs / slug(model.name) / "bench" / slug(row)
                 cells.append(BenchCell(model, row, tasks, configs, folder, self))
@@ -222,6 +301,9 @@ class Grid:
 
     def cells(self) -> list[Cell]:
         return [*self.eval_cells(), *self.bench_cells()]
+
+    def unavailable(self) -> list[EvalCell]:
+        return [c for c in self.eval_cells() if c.unavailable]
 
     def bench_clip(self) -> dict[str, Any]:
         bench = self.bench
@@ -339,14 +421,15 @@ def load_grid(path: str | Path, runs: str | Path | None = None, tables: str | Pa
         key = str(entry.get("key", ""))
         if not key:
             raise GridError(f"{path}: every methods entry needs a 'key'")
-        base = str(entry.get("base") or ("full" if key == "full" else "earlytom"))
-        if base not in ("full", "earlytom"):
-            raise GridError(f"{path}: method {key}: base must be full or earlytom, got {base!r}")
+        base = str(entry.get("base") or (key if key in METHODS else "earlytom"))
+        if base not in METHODS:
+            raise GridError(f"{path}: method {key}: base must be one of {', '.join(METHODS)}, got {base!r}")
         ratios = tuple(round(float(r), 4) for r in entry.get("ratios") or [])
         if base != "full" and not ratios:
             raise GridError(f"{path}: method {key} needs 'ratios'")
         methods.append(MethodSpec(key=key, label=str(entry.get("label") or METHOD_LABELS.get(key, key)), base=base,
-                                  ratios=ratios, overrides=tuple((entry.get("overrides") or {}).items())))
+                                  ratios=ratios, overrides=tuple((entry.get("overrides") or {}).items()),
+                                  config=str(entry.get("config") or "")))
     keys = [m.key for m in methods]
     if len(set(keys)) != len(keys):
         raise GridError(f"{path}: method keys must be distinct, got {keys}")
@@ -360,6 +443,10 @@ def load_grid(path: str | Path, runs: str | Path | None = None, tables: str | Pa
         bench.setdefault("decode_tokens", 32)
         if not bench.get("video") and not bench.get("synthetic"):
             raise GridError(f"{path}: bench needs 'video' (a path or dataset:<name>) or 'synthetic'")
+        if bench.get("peer_settings") and str(bench["peer_settings"]) not in (
+                bench.get("settings") or [t.get("settings", k) if isinstance(t, dict) else k
+                                          for k, t in (data.get("tasks") or {}).items()]):
+            raise GridError(f"{path}: bench.peer_settings {bench['peer_settings']!r} is not a benchmarked row")
     grid = Grid(
         path=path, name=name, label=str(data.get("label") or ""), runs=runs_dir, tables=tables_dir, env=env,
         prepare=dict(data.get("prepare") or {}), models=models, frames=int(data.get("frames", 32)),

@@ -220,13 +220,15 @@ def run_grid(
 
     The checks and every run get the grid's environment (:attr:`Grid.environ`); this process's is left alone.
     """
-    cells = grid.cells()
+    everything = grid.cells()
     if only:
-        cells = [c for c in cells if any(fnmatch.fnmatch(c.id, p) or p in c.id for p in only)]
-        if not cells:
+        everything = [c for c in everything if any(fnmatch.fnmatch(c.id, p) or p in c.id for p in only)]
+        if not everything:
             print(f"error: no cell matches {', '.join(only)} (cell ids look like {grid.cells()[0].id})", file=out)
             return 2
-    print(f"grid {grid.name} ({grid.path}): {len(cells)} cells -> runs in {grid.runs}, tables in {grid.tables}",
+    skipped = {c.id for c in everything if isinstance(c, EvalCell) and c.unavailable}
+    cells = [c for c in everything if c.id not in skipped]
+    print(f"grid {grid.name} ({grid.path}): {len(everything)} cells -> runs in {grid.runs}, tables in {grid.tables}",
           file=out)
     if grid.label:
         print(f"  {grid.label}", file=out)
@@ -235,9 +237,13 @@ def run_grid(
     states = {c.id: cell_status(c) for c in cells}
     todo = [c for c in cells if force or states[c.id][0] != "complete"]
     done = len(cells) - len(todo)
-    print(f"  {done} complete, {len(todo)} to run" + (" (--force: all)" if force else ""), file=out)
+    print(f"  {done} complete, {len(todo)} to run" + (" (--force: all)" if force else "")
+          + (f", {len(skipped)} unavailable here (not run)" if skipped else ""), file=out)
     todo_ids = {c.id for c in todo}
-    for cell in cells:
+    for cell in everything:
+        if cell.id in skipped:
+            print(f"  [skip] {describe(cell)}: unavailable ({cell.unavailable})", file=out)
+            continue
         state, why = states[cell.id]
         mark = "run " if cell.id in todo_ids else "done"
         print(f"  [{mark}] {describe(cell)}: {state}{(' (' + why + ')') if why and state != 'missing' else ''}",
