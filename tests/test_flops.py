@@ -35,7 +35,7 @@ from earlytom_eval.efficiency.flops import (
     visual_token_count,
 )
 from earlytom_eval.efficiency.measure import StageFlopCounter, attention_flop_counter
-from earlytom_eval.efficiency.method_flops import count_stage_flops, tome_matching_flops
+from earlytom_eval.efficiency.method_flops import count_stage_flops, pooling_head_flops, tome_matching_flops
 from earlytom_eval.efficiency.schedules import (
     FrameSchedule,
     max_merge_schedule,
@@ -493,3 +493,15 @@ def test_flops_cli_every_method(tmp_path, capsys):
     assert fastv["flops_detail"]["llm_tokens_per_layer"][2] == fastv["prompt_tokens"] - 6273 + round(6273 * 0.1)
     for entry in entries.values():
         assert entry["total_prefill_flops"] < entries["full"]["total_prefill_flops"] or entry["method"] == "full"
+
+
+def test_pooling_head_flops_match_siglip_head_on_meta_7b():
+    """FastVID's signal: SigLIP's attention-pooling head (transformers' own module) on 32 frames of 729 tokens."""
+    from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
+
+    vision = preset_config("7b").vision_config
+    with torch.device("meta"):
+        head = SiglipMultiheadAttentionPoolingHead(vision)
+    with attention_flop_counter() as counter:
+        head(torch.empty(32, 729, vision.hidden_size, device="meta"))
+    assert pooling_head_flops(ModelShapes.from_preset("7b"), 32) == counter.get_total_flops()
