@@ -17,7 +17,8 @@ Counts are exact where the method's :meth:`planned_counts` are (or a run measure
 on the data (HoliTom's static windows, FastVID's segments), the count is the method's upper bound and the
 part is listed in ``detail["bounds"]``. Row-wise cosine similarities of aligned tokens (HoliTom's adjacent
 frames, DyCoke's frame pairs) are elementwise products and sums, counted as 2 FLOPs per multiply-add like the
-matrix products but not seen by ``FlopCounterMode``.
+matrix products but not seen by ``FlopCounterMode``; nor are DPC-kNN's pairwise distances (``torch.cdist``,
+which ``FlopCounterMode`` counts as 0), counted here as the product ``X X^T`` they amount to.
 """
 
 from __future__ import annotations
