@@ -210,6 +210,7 @@ def _cmd_throughput(args: argparse.Namespace) -> int:
 
 def _cmd_flops(args: argparse.Namespace) -> int:
     # Lazy: the FLOP accounting imports transformers' configs and the presets.
+    from .compression.registry import build_method
     from .efficiency.flops import ModelShapes
     from .efficiency.flops_report import flops_report, prompt_text_tokens
     from .efficiency.schedules import schedules_for
@@ -217,8 +218,9 @@ def _cmd_flops(args: argparse.Namespace) -> int:
     overrides = {"num_frames": args.frames} if args.frames is not None else {}
     configs = [load_config(path, **overrides) for path in args.configs]
     shapes = ModelShapes.from_preset(args.preset) if args.preset else ModelShapes.from_pretrained(args.pretrained)
+    facts = shapes.facts()
     for cfg in configs:
-        cfg.check_encoder_depth(shapes.vision_layers)
+        build_method(cfg).check_model(facts)  # one line naming the field, before anything is counted
     text_tokens = args.text_tokens
     if text_tokens is None:
         text_tokens = prompt_text_tokens(args.question, preset=args.preset, pretrained=args.pretrained)
@@ -233,7 +235,7 @@ def _cmd_flops(args: argparse.Namespace) -> int:
 
         measured = measure_schedules(configs, clip, preset=args.preset, pretrained=args.pretrained,
                                      device=args.device, dtype=args.dtype, seed=args.seed)
-    schedules = schedules_for(configs, shapes.vision_layers, given, measured)
+    schedules = schedules_for(configs, shapes.vision_layers, given, measured, facts)
     source = f"preset {args.preset}" if args.preset else str(args.pretrained)
     text, report = flops_report(shapes, configs, schedules, text_tokens, attention=args.attention, source=source,
                                 command=_command_line())

@@ -186,3 +186,31 @@ def test_bench_cli_writes_the_json_schema(tmp_path, capsys):
         assert len(entry["frames_per_layer"]) == 26
         assert entry["vs_full"]["total_prefill_flops"] > 0
     assert len(report["runs"]) == 4
+
+
+def test_bench_cli_runs_peer_methods(tmp_path, capsys):
+    """Any method's config runs through the same harness: visual tokens, LLM tokens per layer, the LLM cuts'
+    time under ``inner_merge``, peak memory, and FLOPs counted from the method."""
+    out = tmp_path / "bench.json"
+    code = cli_main(
+        ["bench", "--preset", "tiny", "--synthetic", "static:6,motion:6", "--synthetic-size", "96x128",
+         "--frames", "6", "--configs", "configs/full.yaml", "configs/holitom_r0.10.yaml", "configs/fastv_r0.25.yaml",
+         "--dtype", "float32", "--warmup", "0", "--repeats", "1", "--decode-tokens", "1", "--json", str(out)]
+    )
+    assert code == 0
+    assert "holitom_r0.10" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    validate_report(report)
+    full, holitom, fastv = report["configs"]
+    assert [e["method"] for e in report["configs"]] == ["full", "holitom", "fastv"]
+    assert holitom["visual_tokens"] < full["visual_tokens"] == fastv["visual_tokens"] == 6 * 16 + 1
+    for entry in (holitom, fastv):
+        assert "inner_merge" in entry["stages_ms"] and entry["peak_memory_bytes"] > 0
+        assert entry["flops"]["compression"] > 0
+    assert holitom["llm_tokens_per_layer"][18] < holitom["llm_tokens_per_layer"][17]
+    assert fastv["llm_tokens_per_layer"][2] < fastv["llm_tokens_per_layer"][1] == fastv["prompt_tokens"]
+    assert fastv["flops_detail"]["llm_tokens_per_layer"] == fastv["llm_tokens_per_layer"]
+    assert set(fastv["flops_detail"]["compression_parts"]) == {"inner_scores"}
+    assert {"received_attention", "adjacent_similarity", "dpc_knn", "inner_scores", "inner_assign"} == set(
+        holitom["flops_detail"]["compression_parts"])
+    assert full["flops"]["compression"] == 0

@@ -15,13 +15,16 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from earlytom_eval.cli import main as cli_main
-from earlytom_eval.compression.config import CompressionConfig, load_config
+from earlytom_eval.compression.config import CompressionConfig, LlmCut, load_config
+from earlytom_eval.compression.methods import CompressionMethod, EncoderPlan, PlannedCounts
 from earlytom_eval.compression.temporal import frame_similarity, plan_temporal_merge
+from earlytom_eval.compression.tome import ToMeState, tome_step
+from earlytom_eval.compression.visionzip import pool_grid
 from earlytom_eval.efficiency.flops import (
     STAGES,
     ModelShapes,
     compression_flops,
-    count_stage_flops,
+    decode_step_flops,
     encoder_layer_flops,
     llm_layer_flops,
     llm_prefill_flops,
@@ -32,11 +35,13 @@ from earlytom_eval.efficiency.flops import (
     visual_token_count,
 )
 from earlytom_eval.efficiency.measure import StageFlopCounter, attention_flop_counter
+from earlytom_eval.efficiency.method_flops import count_stage_flops, pooling_head_flops, tome_matching_flops
 from earlytom_eval.efficiency.schedules import (
     FrameSchedule,
     max_merge_schedule,
     no_merge_schedule,
     parse_frames_per_layer,
+    planned_schedule,
     schedule_from_encoding,
 )
 from earlytom_eval.models.llava_ov import EarlyTomLlavaOnevision, received_attention
@@ -312,3 +317,191 @@ def test_flops_cli_explicit_schedule(tmp_path, capsys):
     assert entry["frames_per_layer"] == [16] * 11 + [12] * 11 + [8] * 2 + [6] * 2
     assert entry["prompt_tokens"] == 40 + entry["visual_tokens"]
     assert entry["schedule"]["source"].startswith("given")
+
+
+# ------------------------------------------------------------------------------------------------ every method
+PEERS = {
+    "visionzip": dict(method="visionzip", retention=0.25),  # 4 of the tiny model's 16 pooled tokens: d 3, c 1
+    "fastv": dict(method="fastv", retention=0.25),
+    "holitom": dict(method="holitom", retention=0.25),
+}
+
+
+def _peer_config(name: str) -> CompressionConfig:
+    return CompressionConfig.from_mapping({**PEERS[name], "num_frames": 16, "name": name})
+
+
+@pytest.mark.parametrize("name", ["visionzip", "fastv"])
+def test_peer_stage_flops_match_flop_counter_on_tiny(tiny, name):
+    """Exact methods: every stage as FlopCounterMode sees it on the real pipeline."""
+    cfg = _peer_config(name)
+    model = tiny.with_config(cfg)
+    measured, encoding, prompt_tokens, state = _measure(model, model.preprocess_video(_clip(16)))
+    shapes = ModelShapes.from_hf_config(model.model.config)
+    ours = count_stage_flops(shapes, model.method, schedule_from_encoding(encoding), prompt_tokens,
+                             encoding.visual_tokens)
+    assert ours.detail["llm_tokens_per_layer"] == list(state.llm.tokens_per_layer[0])
+    for stage in STAGES:
+        assert _close(ours.stages[stage], measured.get(stage, 0)), (stage, ours.stages[stage], measured.get(stage))
+    planned = model.method.planned_counts(shapes.facts(), 16)
+    assert planned.exact and planned.visual_tokens == encoding.visual_tokens
+    parts = ours.detail["compression_parts"]
+    if name == "visionzip":
+        assert set(parts) == {"received_attention", "keys", "key_assignment", "contextual_merge"}
+        assert encoding.visual_tokens == 16 * 4 + 1
+    else:  # FastV: every token enters the LLM; a drop cut at layer 2 scores, nothing is assigned
+        assert set(parts) == {"inner_scores"}
+        assert ours.detail["llm_tokens_per_layer"][2] < ours.detail["llm_tokens_per_layer"][1]
+
+
+def test_holitom_flops_exact_where_known_bounded_where_data_dependent(tiny):
+    """HoliTom's DPC-kNN depends on the static windows: the counted compression is an upper bound of the
+    measured one and above its exact parts; every other stage is exact."""
+    cfg = _peer_config("holitom")
+    model = tiny.with_config(cfg)
+    measured, encoding, prompt_tokens, state = _measure(model, model.preprocess_video(_clip(16)))
+    shapes = ModelShapes.from_hf_config(model.model.config)
+    ours = count_stage_flops(shapes, cfg, schedule_from_encoding(encoding), prompt_tokens, encoding.visual_tokens)
+    assert ours.detail["llm_tokens_per_layer"] == list(state.llm.tokens_per_layer[0])
+    for stage in ("vision_encoder", "projector_pooling", "llm_prefill", "decode_step"):
+        assert _close(ours.stages[stage], measured[stage]), stage
+    parts = ours.detail["compression_parts"]
+    assert ours.detail["bounds"] == ["dpc_knn"]
+    exact = parts["received_attention"] + parts["inner_scores"] + parts["inner_assign"]
+    assert exact <= measured["compression"] <= ours.stages["compression"]
+    assert model.method.planned_counts(shapes.facts(), 16).visual_tokens >= encoding.visual_tokens
+
+
+class _TwoCuts(CompressionMethod):
+    """Full tokens with two LLM cuts: a fold merge before layer 3, a drop before layer 6."""
+
+    name = "two_cuts"
+
+    def llm_cuts(self):
+        return (LlmCut(6, 0.5, "drop"), LlmCut(3, 0.25, "fold"))
+
+
+def test_several_llm_cuts_match_flop_counter(tiny):
+    cfg = CompressionConfig(method="full", num_frames=16, name="two_cuts")
+    model = tiny.with_config(cfg)
+    model.method = _TwoCuts(cfg)
+    measured, encoding, prompt_tokens, state = _measure(model, model.preprocess_video(_clip(16)))
+    shapes = ModelShapes.from_hf_config(model.model.config)
+    ours = count_stage_flops(shapes, model.method, schedule_from_encoding(encoding), prompt_tokens,
+                             encoding.visual_tokens)
+    per_layer = list(state.llm.tokens_per_layer[0])
+    assert ours.detail["llm_tokens_per_layer"] == per_layer
+    assert per_layer[0] > per_layer[3] > per_layer[6]  # layers before each cut keep the longer sequence
+    first, second = ours.detail["llm_cuts"]
+    assert (first["layer"], second["layer"]) == (3, 6)
+    assert first["tokens_before"] == prompt_tokens and second["tokens_before"] == per_layer[3]
+    assert second["visual_in"] == first["visual_out"]
+    for stage in STAGES:
+        assert _close(ours.stages[stage], measured.get(stage, 0)), (stage, ours.stages[stage], measured.get(stage))
+
+
+class _FakeToMe(CompressionMethod):
+    """ToMe-like: one token per frame merged (bipartite matching on the keys) in each of the first 13 encoder
+    layers, 49 -> 36 patches (6 x 6, pooled to 3 x 3); counts planned with ``tokens_per_layer``."""
+
+    name = "fake_tome"
+    MERGING = 13
+
+    def encoder_plan(self, num_layers):
+        return EncoderPlan(merge_layers=tuple(range(num_layers)))
+
+    def merge_in_layer(self, layer, hidden, keys, state):
+        return tome_step(ToMeState(hidden), keys, 1 if layer < self.MERGING else 0).hidden
+
+    def pool(self, projected, pool_fn, state):
+        return pool_grid(projected)  # the 6 x 6 grid left, pooled as the model pools its 7 x 7 one
+
+    def planned_counts(self, facts, frames):
+        tokens = tuple(max(49 - i, 36) for i in range(facts.encoder_layers)) + (36,)
+        return PlannedCounts(frames * 9 + 1, True, tokens_per_layer=tokens)
+
+
+def test_token_merging_encoder_counts_tokens_per_layer(tiny):
+    """A method that shrinks tokens inside every encoder layer: its planned tokens per layer, the keys it
+    reads and its matching are counted; the encoder and compression together match the counter."""
+    cfg = CompressionConfig(method="full", num_frames=6, name="fake_tome")
+    model = tiny.with_config(cfg)
+    model.method = _FakeToMe(cfg)
+    pixel_values = model.preprocess_video(_clip(6))
+    measured, encoding, prompt_tokens, _ = _measure(model, pixel_values)
+    shapes = ModelShapes.from_hf_config(model.model.config)
+    planned = model.method.planned_counts(shapes.facts(), 6)
+    assert planned.visual_tokens == encoding.visual_tokens
+    assert tuple(encoding.tokens_per_layer) == planned.tokens_per_layer[:-1]
+    for schedule in (planned_schedule(planned, 6, shapes.vision_layers),
+                     schedule_from_encoding(encoding, "measured", shapes.encoder_tokens)):
+        ours = count_stage_flops(shapes, model.method, schedule, prompt_tokens, encoding.visual_tokens)
+        parts = ours.detail["compression_parts"]
+        assert parts["bipartite_matching"] == sum(tome_matching_flops(6, 49 - i, 16) for i in range(13))
+        # ToMe's keys and matching run inside the encoder layers (timed there): compare the sum.
+        ours_pre = ours.stages["vision_encoder"] + ours.stages["compression"]
+        assert _close(ours_pre, measured["vision_encoder"] + measured["compression"])
+        for stage in ("projector_pooling", "llm_prefill", "decode_step"):
+            assert _close(ours.stages[stage], measured[stage]), stage
+    # Independent: layer i runs attention on its input tokens and its MLP on what the merge left.
+    by_hand = sum(encoder_layer_flops(shapes, 6, 49 - min(i, 13), 49 - min(i + 1, 13)) for i in range(26))
+    encoder, _ = vision_encoder_flops(shapes, [6] * 26, (), list(planned.tokens_per_layer[:-1]), 36)
+    assert encoder - by_hand == 2 * 6 * 49 * 3 * 14 * 14 * 32  # the patch embedding
+
+
+class _FakeDyCoke(CompressionMethod):
+    name = "dycoke"
+
+
+def test_dycoke_pair_similarity_and_pruned_decode_cache():
+    shapes = ModelShapes.from_preset("7b")
+    cfg = CompressionConfig.from_mapping({"method": "dycoke", "retention": 0.25, "num_frames": 32})
+    method = _FakeDyCoke(cfg)
+    schedule = FrameSchedule((32,) * 26, 32)
+    visual, prompt = 3099, 3099 + 55
+    ours = count_stage_flops(shapes, method, schedule, prompt, visual)
+    # Per-pair cosine as a batched product [pairs, S, 1, D] @ [pairs, S, D, 1] on the meta device.
+    pairs = 23  # 32 frames: 16 odd frames against their predecessor, 7 against frame i - 2
+    with FlopCounterMode(display=False) as counter:
+        a = torch.empty(pairs, 196, 1, shapes.hidden, device="meta")
+        b = torch.empty(pairs, 196, shapes.hidden, 1, device="meta")
+        a @ b
+    assert ours.detail["compression_parts"] == {"pair_similarity": counter.get_total_flops()}
+    note = ours.detail["decode_pruning"]
+    image = visual - 2
+    assert note["image_span"] == image and note["pruned_entries"] == image - int(image * (1 - 0.8))
+    contexts = [prompt + 1] * 3 + [prompt + 1 - note["pruned_entries"]] * 25
+    assert ours.stages["decode_step"] == decode_step_flops(shapes, contexts) + note["scores_flops"]
+    assert ours.stages["llm_prefill"] == llm_prefill_flops(shapes, prompt)[0]
+
+
+def test_flops_cli_every_method(tmp_path, capsys):
+    out = tmp_path / "flops.json"
+    configs = ["configs/full.yaml", "configs/earlytom_r0.10.yaml", "configs/visionzip_r0.10.yaml",
+               "configs/holitom_r0.10.yaml", "configs/fastv_r0.10.yaml"]
+    assert cli_main(["flops", "--preset", "7b", "--frames", "32", "--configs", *configs, "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    for name in ("visionzip_r0.10", "holitom_r0.10@upper-bound", "fastv_r0.10", "earlytom_r0.10@max-merge"):
+        assert name in text
+    entries = {e["name"]: e for e in json.loads(out.read_text())["configs"]}
+    visionzip = entries["visionzip_r0.10"]
+    assert visionzip["visual_tokens"] == 32 * 20 + 1 and visionzip["counts"] == "exact"
+    assert entries["holitom_r0.10@upper-bound"]["counts"] == "bound"
+    fastv = entries["fastv_r0.10"]
+    assert fastv["visual_tokens"] == 32 * 196 + 1
+    assert fastv["flops_detail"]["llm_tokens_per_layer"][:2] == [fastv["prompt_tokens"]] * 2
+    assert fastv["flops_detail"]["llm_tokens_per_layer"][2] == fastv["prompt_tokens"] - 6273 + round(6273 * 0.1)
+    for entry in entries.values():
+        assert entry["total_prefill_flops"] < entries["full"]["total_prefill_flops"] or entry["method"] == "full"
+
+
+def test_pooling_head_flops_match_siglip_head_on_meta_7b():
+    """FastVID's signal: SigLIP's attention-pooling head (transformers' own module) on 32 frames of 729 tokens."""
+    from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
+
+    vision = preset_config("7b").vision_config
+    with torch.device("meta"):
+        head = SiglipMultiheadAttentionPoolingHead(vision)
+    with attention_flop_counter() as counter:
+        head(torch.empty(32, 729, vision.hidden_size, device="meta"))
+    assert pooling_head_flops(ModelShapes.from_preset("7b"), 32) == counter.get_total_flops()

@@ -162,6 +162,7 @@ class BenchRunner:
             frames_out=encoding.frames_out,
             segments=tuple(tuple(s) for s in encoding.segments) if encoding.segments is not None else None,
             llm_tokens_per_layer=per_layer,
+            encoder_tokens_per_layer=tuple(getattr(encoding, "tokens_per_layer", ()) or ()),
             first_token=first,
             other_cpu_share=activity.other_share(),
         )

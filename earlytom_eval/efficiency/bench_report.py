@@ -10,8 +10,9 @@ from typing import Any
 
 from ..compression.config import CompressionConfig
 from ..stages import OTHER, STAGES
-from .flops import ModelShapes, count_stage_flops, reference_llm_macs
+from .flops import ModelShapes, reference_llm_macs
 from .flops_report import add_ratios, text_table
+from .method_flops import count_stage_flops
 from .schedules import schedule_from_encoding
 from .schema import BASIS
 
@@ -38,6 +39,8 @@ class RunRecord:
     frames_out: int = 0
     segments: tuple[tuple[int, int], ...] | None = None
     llm_tokens_per_layer: tuple[int, ...] = ()
+    #: Tokens per frame each encoder layer processed (fewer with ToMe; empty if not recorded).
+    encoder_tokens_per_layer: tuple[int, ...] = ()
     first_token: int = -1
     #: Share of the machine's CPU used by other processes during the run (None if unknown).
     other_cpu_share: float | None = None
@@ -66,7 +69,7 @@ def summarize_config(
     decode_runs = [r for r in timed if r.decode_ms is not None]
     first = timed[0]
     counts = {(r.visual_tokens, r.prompt_tokens, r.frames_per_layer, r.llm_tokens_per_layer) for r in timed}
-    schedule = schedule_from_encoding(_EncodingView(first), source="measured in this run")
+    schedule = schedule_from_encoding(_EncodingView(first), "measured in this run", shapes.encoder_tokens)
     counted = count_stage_flops(
         shapes,
         config,
@@ -98,6 +101,7 @@ def summarize_config(
         "frames_out": first.frames_out,
         "segments": [list(s) for s in first.segments] if first.segments is not None else None,
         "schedule_compact": schedule.compact(),
+        "encoder_tokens_compact": schedule.tokens_compact(),
         "visual_tokens": first.visual_tokens,
         "prompt_tokens": first.prompt_tokens,
         "llm_tokens_per_layer": list(first.llm_tokens_per_layer),
@@ -140,6 +144,10 @@ class _EncodingView:
     def segments(self):
         return self.record.segments
 
+    @property
+    def tokens_per_layer(self) -> tuple[int, ...]:
+        return self.record.encoder_tokens_per_layer
+
 
 def build_report(
     configs: Sequence[CompressionConfig],
@@ -176,6 +184,7 @@ def _record_json(record: RunRecord) -> dict[str, Any]:
     out["stages_ms"] = {k: round(v, 3) for k, v in out["stages_ms"].items()}
     out.pop("segments")
     out.pop("llm_tokens_per_layer")
+    out.pop("encoder_tokens_per_layer")
     out["frames_per_layer"] = list(out["frames_per_layer"])
     return out
 

@@ -9,32 +9,33 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig
 
-from ..compression.config import CompressionConfig
+from ..compression.config import CompressionConfig, ModelFacts
 from ..compression.inner import inner_keep_count
 from ..compression.spatial import dynamic_token_count, effective_retention, static_token_count
 from ..models.presets import preset_config
-from ..stages import FLOP_STAGES, PREFILL_FLOP_STAGES
+from ..stages import FLOP_STAGES
 from .schedules import FrameSchedule
 from .schema import ATTENTION_MODES
 
 __all__ = [
     "STAGES",
     "ModelShapes",
-    "StageFlops",
     "compression_flops",
-    "count_stage_flops",
     "decode_step_flops",
+    "earlytom_compression_parts",
     "encoder_layer_flops",
     "inner_merge_flops",
+    "layer_keys_flops",
     "llm_layer_flops",
     "llm_prefill_flops",
     "projector_pooling_flops",
+    "received_attention_flops",
     "reference_llm_macs",
     "stage3_tokens_per_layer",
     "vision_encoder_flops",
@@ -121,6 +122,10 @@ class ModelShapes:
     def from_pretrained(cls, path: str | Path) -> ModelShapes:
         return cls.from_hf_config(AutoConfig.from_pretrained(str(path)), name=str(path))
 
+    def facts(self) -> ModelFacts:
+        """What a method's checks and planned counts need to know of the model."""
+        return ModelFacts(self.vision_layers, self.layers, self.grid, math.ceil(self.grid / 2))
+
     def describe(self) -> str:
         return (
             f"SigLIP {self.vision_hidden}/{self.vision_mlp}/{self.vision_heads}h x{self.vision_layers} layers, "
@@ -139,23 +144,41 @@ def patch_embedding_flops(shapes: ModelShapes, frames: int) -> int:
     return _linear(frames * shapes.encoder_tokens, shapes.channels * shapes.patch_size**2, shapes.vision_hidden)
 
 
-def encoder_layer_flops(shapes: ModelShapes, frames: int) -> int:
-    """One SigLIP layer on ``frames`` frames: q, k, v, out projections, attention (full square), 2-matrix MLP."""
-    rows = frames * shapes.encoder_tokens
+def encoder_layer_flops(
+    shapes: ModelShapes, frames: int, tokens: int | None = None, mlp_tokens: int | None = None
+) -> int:
+    """One SigLIP layer on ``frames`` frames of ``tokens`` tokens each (default: all ``S_v`` patches): q, k, v,
+    out projections, attention (full square), 2-matrix MLP. ``mlp_tokens``: tokens per frame entering the MLP
+    when a merge between the attention residual and the MLP (ToMe) left fewer (default ``tokens``)."""
+    tokens = shapes.encoder_tokens if tokens is None else tokens
+    mlp_tokens = tokens if mlp_tokens is None else mlp_tokens
+    rows = frames * tokens
     d = shapes.vision_hidden
     projections = 4 * _linear(rows, d, d)
-    attention = 2 * 2 * frames * shapes.encoder_tokens * shapes.encoder_tokens * d  # QK^T and AV, all heads
-    mlp = 2 * _linear(rows, d, shapes.vision_mlp)
+    attention = 2 * 2 * frames * tokens * tokens * d  # QK^T and AV, all heads
+    mlp = 2 * _linear(frames * mlp_tokens, d, shapes.vision_mlp)
     return projections + attention + mlp
 
 
 def vision_encoder_flops(
-    shapes: ModelShapes, frames_per_layer: Sequence[int], prune_layers: Sequence[int] = ()
+    shapes: ModelShapes,
+    frames_per_layer: Sequence[int],
+    prune_layers: Sequence[int] = (),
+    tokens_per_layer: Sequence[int] | None = None,
+    tokens_out: int | None = None,
 ) -> tuple[int, list[dict[str, Any]]]:
-    """Patch embedding + each layer on its own frame count.
+    """Patch embedding + each layer on its own frame count and tokens per frame.
 
+    Args:
+        frames_per_layer: frames each layer processed (frames merge AFTER a layer: EarlyTom).
+        prune_layers: layers after which frames merge (only splits the ``blocks``).
+        tokens_per_layer: tokens per frame entering each layer (default: ``S_v`` everywhere). Fewer tokens
+            entering layer ``i + 1`` than layer ``i`` means layer ``i`` merged between its attention and its MLP
+            (ToMe, the only place a method shrinks tokens inside the encoder): its MLP runs on the fewer.
+        tokens_out: tokens per frame leaving the last layer (default: the last layer's input count).
     Returns ``(total, blocks)``: ``blocks`` splits the layers at the prune layers (``layers`` inclusive,
-    the frames they ran on, their FLOPs); the patch embedding is its own first block.
+    the frames they ran on, their FLOPs; with ``tokens_per_layer`` also the tokens); the patch embedding is
+    its own first block.
     """
     frames_per_layer = list(frames_per_layer)
     if len(frames_per_layer) != shapes.vision_layers:
@@ -163,25 +186,40 @@ def vision_encoder_flops(
             f"frames_per_layer needs one entry per encoder layer that runs ({shapes.vision_layers}), "
             f"got {len(frames_per_layer)}"
         )
+    given_tokens = tokens_per_layer is not None
+    tokens = list(tokens_per_layer) if given_tokens else [shapes.encoder_tokens] * len(frames_per_layer)
+    if len(tokens) != len(frames_per_layer):
+        raise ValueError(
+            f"tokens_per_layer needs one entry per encoder layer ({len(frames_per_layer)}), got {len(tokens)}"
+        )
+    after = tokens[1:] + [tokens[-1] if tokens_out is None else tokens_out]
     embed = patch_embedding_flops(shapes, frames_per_layer[0])
     blocks: list[dict[str, Any]] = [{"layers": "patch embedding", "frames": frames_per_layer[0], "flops": embed}]
     cuts = sorted({0, len(frames_per_layer)} | {p + 1 for p in prune_layers if p + 1 < len(frames_per_layer)})
     total = embed
     for start, stop in zip(cuts, cuts[1:]):
         counts = frames_per_layer[start:stop]
-        flops = sum(encoder_layer_flops(shapes, t) for t in counts)
+        flops = sum(
+            encoder_layer_flops(shapes, frames_per_layer[i], tokens[i], min(tokens[i], after[i]))
+            for i in range(start, stop)
+        )
         frames = counts[0] if len(set(counts)) == 1 else counts
-        blocks.append({"layers": f"{start}-{stop - 1}", "frames": frames, "flops": flops})
+        block: dict[str, Any] = {"layers": f"{start}-{stop - 1}", "frames": frames, "flops": flops}
+        if given_tokens:
+            block_tokens = tokens[start:stop]
+            block["tokens"] = block_tokens[0] if len(set(block_tokens)) == 1 else block_tokens
+        blocks.append(block)
         total += flops
     return total, blocks
 
 
-def projector_pooling_flops(shapes: ModelShapes, frames_out: int) -> int:
-    """Projector (linear, GELU, linear) on all S_v tokens of the frames leaving the encoder.
+def projector_pooling_flops(shapes: ModelShapes, frames_out: int, tokens_out: int | None = None) -> int:
+    """Projector (linear, GELU, linear) on all tokens of the frames leaving the encoder (``tokens_out`` per
+    frame, default all ``S_v``).
 
     The bilinear 2x2 pooling that follows is elementwise (not counted).
     """
-    rows = frames_out * shapes.encoder_tokens
+    rows = frames_out * (shapes.encoder_tokens if tokens_out is None else tokens_out)
     return _linear(rows, shapes.vision_hidden, shapes.hidden) + _linear(rows, shapes.hidden, shapes.hidden)
 
 
@@ -190,11 +228,20 @@ def frame_similarity_flops(shapes: ModelShapes, frames: int) -> int:
     return 2 * frames * frames * shapes.encoder_tokens * shapes.vision_hidden
 
 
-def received_attention_flops(shapes: ModelShapes, frames: int) -> int:
-    """Recomputing one layer's queries and keys, and QK^T over all heads (the softmax is elementwise)."""
-    rows = frames * shapes.encoder_tokens
+def received_attention_flops(shapes: ModelShapes, frames: int, tokens: int | None = None) -> int:
+    """Recomputing one layer's queries and keys, and QK^T over all heads (the softmax is elementwise), on
+    ``frames`` frames of ``tokens`` tokens (default ``S_v``)."""
+    tokens = shapes.encoder_tokens if tokens is None else tokens
+    rows = frames * tokens
     d = shapes.vision_hidden
-    return 2 * _linear(rows, d, d) + 2 * frames * shapes.encoder_tokens * shapes.encoder_tokens * d
+    return 2 * _linear(rows, d, d) + 2 * frames * tokens * tokens * d
+
+
+def layer_keys_flops(shapes: ModelShapes, frames: int, tokens: int | None = None) -> int:
+    """Recomputing one SigLIP layer's keys (``k_proj`` of its ``layer_norm1`` output; the head average is
+    elementwise): the metric of VisionZip and of ToMe."""
+    tokens = shapes.encoder_tokens if tokens is None else tokens
+    return _linear(frames * tokens, shapes.vision_hidden, shapes.vision_hidden)
 
 
 def inner_merge_flops(shapes: ModelShapes, visual_tokens: int, prompt_tokens: int, ratio: float) -> dict[str, int]:
@@ -236,26 +283,33 @@ def compression_flops(
     (not counted); DPC-KNN contextual tokens (``D > 0``, off in every shipped config) are not counted.
     Stage 3 (``inner_layer`` set) adds :func:`inner_merge_flops`. Returns ``(total, parts)``.
     """
-    parts: dict[str, int] = {}
-    if config.compresses:
-        fpl = schedule.frames_per_layer
-        parts = {"frame_similarity": 0, "received_attention": 0}
-        if not config.prune_layers:
-            last = len(fpl) - 1
-            parts["received_attention"] += received_attention_flops(shapes, fpl[last])
-            parts["frame_similarity"] += frame_similarity_flops(shapes, fpl[last])
-        else:
-            for layer in config.prune_layers:
-                parts["frame_similarity"] += frame_similarity_flops(shapes, fpl[layer])
-            last = config.prune_layers[-1]
-            after = fpl[last + 1] if last + 1 < len(fpl) else schedule.frames_out
-            parts["received_attention"] += received_attention_flops(shapes, fpl[last])
-            parts["frame_similarity"] += frame_similarity_flops(shapes, after)
+    parts = earlytom_compression_parts(shapes, config, schedule) if config.compresses else {}
     if config.merges_in_llm:
         if visual_tokens is None or prompt_tokens is None:
             raise ValueError("stage 3's FLOPs need the visual and prompt token counts")
         parts.update(inner_merge_flops(shapes, visual_tokens, prompt_tokens, config.inner_ratio))
     return sum(parts.values()), parts
+
+
+def earlytom_compression_parts(
+    shapes: ModelShapes, config: CompressionConfig, schedule: FrameSchedule
+) -> dict[str, int]:
+    """EarlyTom's work inside the encoder (see :func:`compression_flops`): ``frame_similarity`` and
+    ``received_attention``."""
+    fpl = schedule.frames_per_layer
+    parts = {"frame_similarity": 0, "received_attention": 0}
+    if not config.prune_layers:
+        last = len(fpl) - 1
+        parts["received_attention"] += received_attention_flops(shapes, fpl[last])
+        parts["frame_similarity"] += frame_similarity_flops(shapes, fpl[last])
+    else:
+        for layer in config.prune_layers:
+            parts["frame_similarity"] += frame_similarity_flops(shapes, fpl[layer])
+        last = config.prune_layers[-1]
+        after = fpl[last + 1] if last + 1 < len(fpl) else schedule.frames_out
+        parts["received_attention"] += received_attention_flops(shapes, fpl[last])
+        parts["frame_similarity"] += frame_similarity_flops(shapes, after)
+    return parts
 
 
 def _attention_pairs(queries: int, keys: int, attention: str) -> int:
@@ -343,66 +397,3 @@ def visual_token_count(shapes: ModelShapes, config: CompressionConfig, schedule:
         static = sum(max(0, e - s - 1) for s, e in schedule.segments)
     dynamic = frames - static
     return dynamic * dynamic_token_count(per_frame, rho) + static * static_token_count(per_frame, rho) + 1
-
-
-@dataclass
-class StageFlops:
-    """FLOPs per stage for one config and the token counts they came from."""
-
-    stages: dict[str, int]
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def total_prefill(self) -> int:
-        """Preprocessed frames to first token: every stage but ``decode_step``."""
-        return sum(self.stages[s] for s in PREFILL_FLOP_STAGES)
-
-
-def count_stage_flops(
-    shapes: ModelShapes,
-    config: CompressionConfig,
-    schedule: FrameSchedule,
-    prompt_tokens: int,
-    visual_tokens: int,
-    *,
-    llm_tokens_per_layer: Sequence[int] | None = None,
-    decode_context_per_layer: Sequence[int] | None = None,
-    attention: str = "square",
-) -> StageFlops:
-    """Per-stage FLOPs of one prompt with one video.
-
-    Args:
-        schedule: frames per encoder layer (and out), e.g. :func:`schedule_from_encoding`.
-        prompt_tokens: tokens entering the LLM (text + visual, newline included).
-        visual_tokens: the video's tokens in the prompt (newline included).
-        llm_tokens_per_layer: tokens per decoder layer as they occurred (e.g. ``LlmState.tokens_per_layer``);
-            default: ``prompt_tokens`` everywhere, or stage 3's counts when the config merges in the LLM.
-        decode_context_per_layer: keys each layer attends to in the first decode step (default: its
-            prefill tokens + 1).
-    """
-    tokens = (
-        list(llm_tokens_per_layer)
-        if llm_tokens_per_layer is not None
-        else stage3_tokens_per_layer(shapes, config, prompt_tokens, visual_tokens)
-    )
-    contexts = (
-        list(decode_context_per_layer) if decode_context_per_layer is not None else [n + 1 for n in tokens]
-    )
-    prune = config.prune_layers if config.compresses else ()
-    encoder, blocks = vision_encoder_flops(shapes, schedule.frames_per_layer, prune)
-    compression, parts = compression_flops(shapes, config, schedule, visual_tokens, prompt_tokens)
-    llm, _ = llm_prefill_flops(shapes, tokens, attention)
-    stages = {
-        "vision_encoder": encoder,
-        "compression": compression,
-        "projector_pooling": projector_pooling_flops(shapes, schedule.frames_out),
-        "llm_prefill": llm,
-        "decode_step": decode_step_flops(shapes, contexts),
-    }
-    detail = {
-        "vision_encoder_blocks": blocks,
-        "compression_parts": parts,
-        "llm_tokens_per_layer": tokens,
-        "attention": attention,
-    }
-    return StageFlops(stages, detail)

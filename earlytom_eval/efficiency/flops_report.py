@@ -10,8 +10,9 @@ from transformers import AutoProcessor
 
 from ..compression.config import CompressionConfig
 from ..models.presets import build_processor
-from .flops import STAGES, ModelShapes, count_stage_flops, reference_llm_macs, visual_token_count
+from .flops import STAGES, ModelShapes, reference_llm_macs, visual_token_count
 from .host import environment_info
+from .method_flops import count_stage_flops
 from .schedules import FrameSchedule
 from .schema import BASIS
 
@@ -51,11 +52,27 @@ def flops_entry(
         "frames_out": schedule.frames_out,
         "schedule": schedule.to_dict(),
         "schedule_compact": schedule.compact(),
+        "encoder_tokens_compact": schedule.tokens_compact(),
+        "counts": _counts_kind(schedule, counted.detail["bounds"]),
         "visual_tokens": visual,
         "prompt_tokens": prompt,
         "flops_detail": counted.detail,
         "reference_llm_macs": reference_llm_macs(shapes, visual - 1),
     }
+
+
+def _counts_kind(schedule: FrameSchedule, bounds: list[str]) -> str:
+    """``exact``, ``measured`` or ``bound``: how the entry's token counts (and data-dependent parts) were got."""
+    source = schedule.source
+    if source.startswith("measured"):
+        kind = "measured"
+    elif "bound" in source:
+        kind = "bound"
+    else:
+        kind = "exact" if source in ("full", "") or "exact" in source or source.startswith("given") else "bound"
+    if bounds and kind != "bound":
+        kind += " (+ bounded parts: " + ", ".join(bounds) + ")"
+    return kind
 
 
 def add_ratios(entries: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
@@ -86,8 +103,8 @@ def _tera(value: float) -> str:
 def format_flops_table(entries: Sequence[dict[str, Any]], header: Sequence[str] = ()) -> str:
     """The terminal table: one row per config, TFLOPs per stage, totals and ratios against ``full``."""
     lines = list(header)
-    cols = ["config", "frames/layer", "vis.tok", "encoder", "compress", "proj+pool", "LLM prefill",
-            "prefill total", "vs full", "decode step", "ref. formula"]
+    cols = ["config", "counts", "frames/layer", "vis.tok", "LLM tok/layer", "encoder", "compress", "proj+pool",
+            "LLM prefill", "prefill total", "vs full", "decode step", "ref. formula"]
     rows = []
     full = next((e for e in entries if e.get("method") == "full"), None)
     for e in entries:
@@ -95,8 +112,11 @@ def format_flops_table(entries: Sequence[dict[str, Any]], header: Sequence[str] 
         ratio = f"{e['total_prefill_flops'] / full['total_prefill_flops']:.1%}" if full else "-"
         rows.append([
             e["name"],
-            e.get("schedule_compact", ""),
+            e.get("counts", "").split(" ")[0],
+            e.get("schedule_compact", "") + (f" tok {e['encoder_tokens_compact']}" if e.get("encoder_tokens_compact")
+                                             else ""),
             str(e["visual_tokens"]),
+            _runs(e["flops_detail"]["llm_tokens_per_layer"]),
             _tera(f["vision_encoder"]),
             _tera(f["compression"]),
             _tera(f["projector_pooling"]),
@@ -106,9 +126,21 @@ def format_flops_table(entries: Sequence[dict[str, Any]], header: Sequence[str] 
             f"{f['decode_step'] / 1e9:.2f} G",
             f"{e['reference_llm_macs'] / 1e12:.2f} T MAC",
         ])
-    lines.append("TFLOPs per stage (decode step in GFLOPs; 'vs full' = total prefill FLOPs / full's)")
+    lines.append("TFLOPs per stage (decode step in GFLOPs; 'vs full' = total prefill FLOPs / full's; counts: exact, "
+                 "measured on a clip, or bound = the method's upper bound where its work depends on the data)")
     lines.extend(text_table(cols, rows, left=(0, 1)))
     return "\n".join(lines)
+
+
+def _runs(values: Sequence[int]) -> str:
+    """Run-length form of per-layer counts, e.g. ``6313x2 648x26``."""
+    runs: list[list[int]] = []
+    for value in values:
+        if runs and runs[-1][0] == value:
+            runs[-1][1] += 1
+        else:
+            runs.append([value, 1])
+    return " ".join(f"{v}x{n}" for v, n in runs)
 
 
 def text_table(cols: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[int] = (0,)) -> list[str]:
@@ -166,6 +198,9 @@ def flops_report(
         "(n = visual tokens without the newline; no GQA, 2 MLP matrices, no text)",
     ]
     sources = sorted({e["schedule"]["source"] for e in entries if e["method"] != "full"})
+    bounded = [f"{e['name']}: {', '.join(e['flops_detail']['bounds'])}" for e in entries if e["flops_detail"]["bounds"]]
+    if bounded:
+        header.append("compression parts counted at the method's upper bound (data-dependent): " + "; ".join(bounded))
     header += [f"frame schedule: {s}" for s in sources]
     if any(e["name"].endswith("@no-merge") for e in entries):
         header.append(

@@ -14,11 +14,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlavaOnevisionForConditionalGeneration
 
-from ..compression.config import CompressionConfig
+from ..compression.config import CompressionConfig, ModelFacts
+from ..compression.registry import build_method
 from ..dtypes import resolve_dtype
 from ..models.llava_ov import EarlyTomLlavaOnevision, load_model
 from ..models.presets import build_processor, preset_config
 from .clip import ClipSpec, load_clip
+from .flops import ModelShapes
 from .schedules import FrameSchedule, schedule_from_encoding
 
 __all__ = ["StageFlopCounter", "attention_flop_counter", "measure_schedules", "schedule_model"]
@@ -87,16 +89,18 @@ def measure_schedules(
     seed: int = 0,
     log: TextIO = sys.stderr,
 ) -> dict[str, tuple[FrameSchedule, int]]:
-    """Run each EarlyTom config's encoder on the clip; return ``name -> (schedule, visual tokens)``.
+    """Run the encoder of each config whose counts depend on the clip (EarlyTom's frame merging, a method whose
+    planned counts are a bound) on the clip; return ``name -> (schedule, visual tokens)``.
 
     The encoder is the checkpoint's (``pretrained``) or the ``preset``'s random-initialised one (seed ``seed``).
     """
-    earlytom = [c for c in configs if c.compresses]
-    if not earlytom:
+    facts = preset_facts(preset, pretrained)
+    data_dependent = [c for c in configs if c.compresses and _depends_on_clip(c, facts)]
+    if not data_dependent:
         return {}
-    frames = {c.num_frames for c in earlytom}
-    # Stage 3 acts inside the LLM only; the schedule model may have a 1-layer LLM, so it is off here.
-    encoder_only = [c.replace(inner_layer=None, name=c.name) for c in earlytom]
+    frames = {c.num_frames for c in data_dependent}
+    # LLM cuts act inside the LLM only; the schedule model may have a 1-layer LLM, so they are off here.
+    encoder_only = [_without_llm_cuts(c) for c in data_dependent]
     model = schedule_model(preset, pretrained, encoder_only[0], device=device, dtype=dtype, seed=seed)
     weights = (f"the checkpoint's weights ({pretrained})" if pretrained
                else f"the '{preset}' preset's random-initialised SigLIP (seed {seed}; random weights "
@@ -110,10 +114,29 @@ def measure_schedules(
         with torch.inference_mode():
             encoding = wrapped.encode_video(pixels)
         source = f"measured: {clip.name}, {cfg.num_frames} frames, {weights}, {dtype} on {device}"
-        out[cfg.name] = (schedule_from_encoding(encoding, source), encoding.visual_tokens)
+        schedule = schedule_from_encoding(encoding, source, facts.patch_grid**2)
+        out[cfg.name] = (schedule, encoding.visual_tokens)
         print(f"  schedule of {cfg.name}: {out[cfg.name][0].compact()} ({time.perf_counter() - start:.0f} s)",
               file=log)
     return out
+
+
+def _depends_on_clip(config: CompressionConfig, facts: ModelFacts) -> bool:
+    planned = build_method(config).planned_counts(facts, config.num_frames)
+    return planned is None or not planned.exact
+
+
+def _without_llm_cuts(config: CompressionConfig) -> CompressionConfig:
+    """The config with its LLM cuts off (EarlyTom's stage 3, HoliTom's inner stage), name kept."""
+    if config.llm_cuts() and "inner_layer" in CompressionConfig.fields_for(config.method):
+        return config.replace(inner_layer=None, name=config.name)
+    return config
+
+
+def preset_facts(preset: str | None, pretrained: str | None) -> ModelFacts:
+    """The model facts of a preset or a checkpoint's ``config.json``."""
+    shapes = ModelShapes.from_preset(preset) if preset else ModelShapes.from_pretrained(pretrained)
+    return shapes.facts()
 
 
 def schedule_model(

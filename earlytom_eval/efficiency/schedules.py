@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..compression.config import CompressionConfig
+from ..compression.config import CompressionConfig, ModelFacts
+from ..compression.registry import build_method
 from ..compression.temporal import Segment
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "max_merge_schedule",
     "no_merge_schedule",
     "parse_frames_per_layer",
+    "planned_schedule",
     "schedule_from_encoding",
     "schedules_for",
 ]
@@ -26,16 +28,20 @@ __all__ = [
 
 @dataclass(frozen=True)
 class FrameSchedule:
-    """Frames each encoder layer processed, frames leaving the encoder, and the final segments.
+    """Frames (and tokens per frame) each encoder layer processed, what leaves the encoder, the final segments.
 
     ``segments`` (post-merge frame indices) decide which frames are static in the spatial selection;
-    None when unknown (the token count then takes every frame as dynamic).
+    None when unknown (the token count then takes every frame as dynamic). ``tokens_per_layer``: tokens per
+    frame entering each layer, None when every layer sees all patches; ``tokens_out``: tokens per frame
+    leaving the encoder (None: the last layer's input count, or what the method's schedule says).
     """
 
     frames_per_layer: tuple[int, ...]
     frames_out: int
     segments: tuple[Segment, ...] | None = None
     source: str = ""
+    tokens_per_layer: tuple[int, ...] | None = None
+    tokens_out: int | None = None
 
     @property
     def frames_in(self) -> int:
@@ -51,23 +57,60 @@ class FrameSchedule:
                 runs.append([value, 1])
         return " ".join(f"{v}x{n}" for v, n in runs)
 
+    def tokens_compact(self) -> str:
+        """Tokens per frame per layer in run-length form (empty when every layer sees all patches)."""
+        if self.tokens_per_layer is None:
+            return ""
+        runs: list[list[int]] = []
+        for value in self.tokens_per_layer:
+            if runs and runs[-1][0] == value:
+                runs[-1][1] += 1
+            else:
+                runs.append([value, 1])
+        return " ".join(f"{v}x{n}" if n > 1 else str(v) for v, n in runs)
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "source": self.source,
             "frames_per_layer": list(self.frames_per_layer),
             "frames_out": self.frames_out,
             "segments": [list(s) for s in self.segments] if self.segments is not None else None,
         }
+        if self.tokens_per_layer is not None:
+            out["tokens_per_layer"] = list(self.tokens_per_layer)
+            out["tokens_out"] = self.tokens_out
+        return out
 
 
-def schedule_from_encoding(encoding: Any, source: str = "measured") -> FrameSchedule:
-    """From a :class:`~earlytom_eval.models.llava_ov.VideoEncoding` (what actually ran)."""
+def schedule_from_encoding(
+    encoding: Any, source: str = "measured", full_tokens: int | None = None
+) -> FrameSchedule:
+    """From a :class:`~earlytom_eval.models.llava_ov.VideoEncoding` (what actually ran).
+
+    Its ``tokens_per_layer`` are kept when some layer saw fewer than ``full_tokens`` (or, without it, when
+    they vary)."""
+    tokens = tuple(getattr(encoding, "tokens_per_layer", ()) or ())
+    shrinks = bool(tokens) and (min(tokens) < full_tokens if full_tokens else len(set(tokens)) > 1)
     return FrameSchedule(
         frames_per_layer=tuple(encoding.frames_per_layer),
         frames_out=encoding.frames_out,
         segments=tuple(tuple(s) for s in encoding.segments) if encoding.segments is not None else None,
         source=source,
+        tokens_per_layer=tokens if shrinks else None,
     )
+
+
+def planned_schedule(planned: Any, frames: int, layers: int, tokens_out: int | None = None) -> FrameSchedule:
+    """A method's :class:`~earlytom_eval.compression.methods.PlannedCounts` as a schedule (every frame through
+    every layer unless it says otherwise). A ``tokens_per_layer`` with one entry more than the layers gives
+    the tokens leaving the encoder as its last entry."""
+    fpl = tuple(planned.frames_per_layer) if planned.frames_per_layer is not None else (frames,) * layers
+    tokens = tuple(planned.tokens_per_layer) if planned.tokens_per_layer is not None else None
+    if tokens is not None and len(tokens) == layers + 1:
+        tokens, tokens_out = tokens[:layers], tokens[layers]
+    kind = "exact" if planned.exact else "upper bound (data-dependent)"
+    return FrameSchedule(fpl, fpl[-1], None, source=f"planned by the method: {kind}", tokens_per_layer=tokens,
+                         tokens_out=tokens_out)
 
 
 def no_merge_schedule(config: CompressionConfig, frames: int, layers: int) -> FrameSchedule:
@@ -162,26 +205,35 @@ def schedules_for(
     layers: int,
     given: Mapping[str | None, str] | None = None,
     measured: Mapping[str, tuple[FrameSchedule, int]] | None = None,
+    facts: ModelFacts | None = None,
 ) -> dict[str, list[tuple[str, FrameSchedule, int | None]]]:
-    """Per config name, the schedules to count: ``(label suffix, schedule, measured visual tokens or None)``.
+    """Per config name, the schedules to count: ``(label suffix, schedule, visual tokens or None)``.
 
-    ``full`` runs every frame through every one of the ``layers`` encoder layers. An EarlyTom config takes, in
-    order, its own ``given`` counts (key: its name; key None: every config), its ``measured`` schedule, or
-    else both bounds (suffixes ``@no-merge`` and ``@max-merge``).
+    ``full`` runs every frame through every one of the ``layers`` encoder layers. A config takes, in order, its
+    ``measured`` schedule and token count (a run on a clip), or else what its method plans
+    (:meth:`~earlytom_eval.compression.methods.CompressionMethod.planned_counts`, with ``facts``): exact
+    counts (no suffix) or, where the count depends on the data, the method's upper bound (suffix
+    ``@upper-bound``). A method that plans nothing (EarlyTom: frame merging depends on the clip) takes its
+    own ``given`` counts (key: its name; key None: every such config), or else both bounds of its frame
+    schedule (suffixes ``@no-merge`` and ``@max-merge``).
     """
     given = given or {}
     measured = measured or {}
     out = {}
     for cfg in configs:
         frames = cfg.num_frames
-        if not cfg.compresses:
+        planned = build_method(cfg).planned_counts(facts, frames) if facts is not None else None
+        if cfg.name in measured:
+            schedule, visual = measured[cfg.name]
+            out[cfg.name] = [("", schedule, visual)]
+        elif not cfg.compresses and planned is None:
             out[cfg.name] = [("", FrameSchedule((frames,) * layers, frames, None, "full"), None)]
+        elif planned is not None:
+            suffix = "" if planned.exact or not cfg.compresses else "@upper-bound"
+            out[cfg.name] = [(suffix, planned_schedule(planned, frames, layers), planned.visual_tokens)]
         elif cfg.name in given or None in given:
             text = given.get(cfg.name, given.get(None))
             out[cfg.name] = [("", parse_frames_per_layer(text, cfg, frames, layers), None)]
-        elif cfg.name in measured:
-            schedule, visual = measured[cfg.name]
-            out[cfg.name] = [("", schedule, visual)]
         else:
             out[cfg.name] = [
                 ("@no-merge", no_merge_schedule(cfg, frames, layers), None),

@@ -16,9 +16,10 @@ __all__ = ["ATTENTION_MODES", "BASIS", "CONFIG_KEYS", "validate_report"]
 #: What the FLOP counts are, stated in every output.
 BASIS = (
     "real FLOPs (2 per multiply-add) of the matrix products that run: linear layers, patch convolution, "
-    "attention QK^T and AV (GQA, per query head), 3-matrix MLP, EarlyTom's similarity and received-attention "
-    "products; elementwise ops (norms, activations, softmax, pooling, RoPE rotation, merging) not counted: "
-    "the torch.utils.flop_counter.FlopCounterMode basis"
+    "attention QK^T and AV (GQA, per query head), 3-matrix MLP, each method's own products (similarities, "
+    "received attention, keys, matching, assignments, LLM-cut scores); elementwise ops (norms, activations, "
+    "softmax, pooling, RoPE rotation, merging) not counted: the torch.utils.flop_counter.FlopCounterMode basis "
+    "(row-wise cosines of aligned tokens, HoliTom's and DyCoke's, are counted as multiply-adds)"
 )
 
 #: How LLM prefill attention is counted: the full square (FlopCounterMode's and the reference's basis) or the
