@@ -20,7 +20,7 @@ import torch
 from ..compression.config import CompressionConfig
 from ..dtypes import resolve_dtype
 from ..models.llava_ov import EarlyTomLlavaOnevision, load_model
-from ..models.presets import build_model, build_processor
+from ..models.presets import build_model, build_pooling_head, build_processor
 from ..stages import OTHER, STAGES
 from ..timing import NULL_TIMER, StageTimer, synchronize
 from .bench_report import RunRecord, build_report
@@ -251,7 +251,8 @@ def run_bench(options: BenchOptions, *, command: str = "", log: TextIO = sys.std
     started = time.perf_counter()
     if options.preset:
         hf_model = build_model(options.preset, seed=options.seed, dtype=dtype, device=device)
-        model = EarlyTomLlavaOnevision(hf_model, build_processor(options.preset), configs[0])
+        head = build_pooling_head(options.preset, seed=options.seed, dtype=dtype, device=device)  # FastVID's
+        model = EarlyTomLlavaOnevision(hf_model, build_processor(options.preset), configs[0], pooling_head=head)
         source = f"preset '{options.preset}' (seed {options.seed}), {RANDOM_WEIGHTS_NOTE}"
     else:
         model = load_model(options.pretrained, configs[0], device=device, dtype=dtype)

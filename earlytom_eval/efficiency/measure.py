@@ -18,7 +18,7 @@ from ..compression.config import CompressionConfig, ModelFacts
 from ..compression.registry import build_method
 from ..dtypes import resolve_dtype
 from ..models.llava_ov import EarlyTomLlavaOnevision, load_model
-from ..models.presets import build_processor, preset_config
+from ..models.presets import build_pooling_head, build_processor, preset_config
 from .clip import ClipSpec, load_clip
 from .flops import ModelShapes
 from .schedules import FrameSchedule, schedule_from_encoding
@@ -163,4 +163,5 @@ def schedule_model(
             model = LlavaOnevisionForConditionalGeneration._from_config(
                 hf_config, dtype=resolve_dtype(dtype), attn_implementation="sdpa"
             )
-    return EarlyTomLlavaOnevision(model.eval(), build_processor(preset), config)
+    head = build_pooling_head(preset, seed=seed, dtype=dtype, device=device)  # FastVID's (random, like the weights)
+    return EarlyTomLlavaOnevision(model.eval(), build_processor(preset), config, pooling_head=head)
