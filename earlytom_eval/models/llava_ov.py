@@ -34,7 +34,7 @@ from ..compression.config import CompressionConfig, ConfigError, load_config
 from ..compression.temporal import compose_sources
 from ..dtypes import resolve_dtype
 from ..timing import StageTimer
-from . import llm
+from . import compat, llm
 from .llm import InnerMerge
 
 __all__ = ["EarlyTomLlavaOnevision", "GenerationOutput", "VideoEncoding", "load_model", "received_attention"]
@@ -540,8 +540,7 @@ def load_model(
 
     torch_dtype = dtype if dtype is None or dtype == "auto" else resolve_dtype(dtype)
     kwargs: dict[str, Any] = {"attn_implementation": attn_implementation}
-    if torch_dtype is not None:
-        kwargs["dtype"] = torch_dtype
+    kwargs.update(compat.dtype_kwargs(torch_dtype))  # dtype= or, before transformers 4.56, torch_dtype=
     if device_map is not None:
         kwargs["device_map"] = device_map
     model = LlavaOnevisionForConditionalGeneration.from_pretrained(str(pretrained), **kwargs)
