@@ -27,7 +27,7 @@ from .lmms.smoke_data import SMOKE_TASK, SmokeCheckError, check_run, smoke_docum
 from .models.llava_ov import load_model
 from .models.presets import PRESET_NAMES, write_checkpoint
 from .paths import CONFIGS
-from .video import VideoLoadError, load_video
+from .video import BACKENDS, VideoLoadError, load_video
 
 __all__ = ["build_parser", "main"]
 
@@ -329,7 +329,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: where transformers loads)")
     gen.add_argument("--dtype", default=None, help="auto | float32 | bfloat16 | float16 (default: checkpoint's)")
-    gen.add_argument("--backend", default="auto", choices=("auto", "decord", "pyav"), help="video decoder")
+    gen.add_argument("--backend", default="auto", choices=BACKENDS, help="video decoder")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     gen.set_defaults(func=_cmd_generate)
 
