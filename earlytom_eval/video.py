@@ -2,8 +2,8 @@
 
 ``load_video`` samples frames uniformly over the whole clip as the LLaVA-OneVision reference does; the
 decoders are imported lazily (each such import is marked), so importing this module needs none of them and a
-missing one falls back on the next (decord -> PyAV -> OpenCV). ``synthetic_frames`` / ``write_video`` build clips with a known temporal
-structure for tests.
+missing one falls back on the next (decord -> PyAV -> OpenCV). ``synthetic_frames`` / ``write_video`` build
+clips with a known temporal structure for tests.
 """
 
 from __future__ import annotations

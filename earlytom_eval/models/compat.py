@@ -41,12 +41,12 @@ def transformers_version() -> str:
     return str(transformers.__version__)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parameters(function: Any) -> frozenset[str]:
     return frozenset(inspect.signature(function).parameters)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dtype_keyword() -> str:
     from packaging.version import Version
 
