@@ -204,6 +204,25 @@ def _cmd_gpu_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_vs_transformers(args: argparse.Namespace) -> int:
+    from .efficiency.vs_transformers import (  # lazy: torch, transformers, the pipeline
+        VsTransformersOptions,
+        format_vs_transformers,
+        run_vs_transformers,
+    )
+
+    options = VsTransformersOptions(
+        clip=_clip(args), preset=args.preset, frames=args.frames, dtype=args.dtype, seed=args.seed,
+        warmup=args.warmup, repeats=args.repeats, threads=args.threads, question=args.question,
+    )
+    report = run_vs_transformers(options, command=_command_line())
+    print(format_vs_transformers(report))
+    if args.json:
+        _write_json(args.json, report)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _cmd_flops(args: argparse.Namespace) -> int:
     # Lazy: the FLOP accounting imports transformers' configs and the presets.
     from .efficiency.flops import ModelShapes
@@ -387,6 +406,24 @@ def _add_efficiency_commands(sub: argparse._SubParsersAction) -> None:
                    help="noise guard: longest wait for an idle machine before a re-measurement, s (default 600)")
     p.add_argument("--json", type=Path, help="write the report as JSON to this path")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser(
+        "bench-vs-transformers",
+        help="TTFT of our full (and EarlyTom 0.10) against transformers' own generate(max_new_tokens=1), CPU",
+        description="Time to the first token on identical inputs, interleaved, medians: transformers' "
+        "model.generate(max_new_tokens=1), our full pipeline and our EarlyTom 0.10; prints transformers/ours.",
+    )
+    p.add_argument("--preset", choices=PRESET_NAMES, default="0.5b", help="model shapes (default 0.5b)")
+    _add_clip(p, "the clip", "generate a clip with known structure, e.g. static:24,motion:16,static:24", True)
+    p.add_argument("--frames", type=int, default=8, help="frames sampled (default 8)")
+    p.add_argument("--dtype", default="bfloat16", help="bfloat16 | float32 (default bfloat16)")
+    p.add_argument("--seed", type=int, default=0, help="preset weights seed (default 0)")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up rounds, excluded (default 1)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--question", default=DEFAULT_QUESTION)
+    p.add_argument("--json", type=Path, help="write the report as JSON to this path")
+    p.set_defaults(func=_cmd_vs_transformers)
 
     p = sub.add_parser(
         "gpu-report",
