@@ -85,3 +85,17 @@ reproduce-tables: install
 # that writes into a committed folder, on purpose.
 example-tables: install
 	$(VENV)/bin/earlytom-eval reproduce --grid configs/grids/smoke.yaml --out results/tables/smoke $(REPRO_ARGS)
+
+# `make gpu-report` on a lent GPU (H100/H200; its own torch, transformers 4.5x or 5.x, no lmms-eval, no network):
+# the 7B preset on GPU_CLIP, every config, SDPA and FlashAttention-2 -> results/bench/gpu-<device>.{json,md}.
+# The GPU machine gets the working tree without ignored files: copy the clip into .gpu-carry/ and carry it (README).
+# GPU_PY: the interpreter with the GPU machine's torch. GPU_ARGS=--dry-run checks the command on CPU (tiny preset).
+GPU_CLIP ?= .gpu-carry/jobs.mp4
+GPU_PY ?= python3
+GPU_OUT ?= results/bench
+GPU_ARGS ?=
+
+.PHONY: gpu-report
+gpu-report:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m earlytom_eval.cli gpu-report \
+	  $(if $(filter --dry-run,$(GPU_ARGS)),,--video $(GPU_CLIP)) --out $(GPU_OUT) $(GPU_ARGS)

@@ -26,7 +26,8 @@ from .lmms.manifest import MODEL_ID
 from .lmms.smoke_data import SMOKE_TASK, SmokeCheckError, check_run, smoke_documents, write_smoke_data
 from .models.llava_ov import load_model
 from .models.presets import PRESET_NAMES, write_checkpoint
-from .video import VideoLoadError, load_video
+from .paths import CONFIGS
+from .video import BACKENDS, VideoLoadError, load_video
 
 __all__ = ["build_parser", "main"]
 
@@ -208,6 +209,45 @@ def _cmd_throughput(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gpu_report(args: argparse.Namespace) -> int:
+    from .efficiency.gpu_report import GpuReportOptions, run_gpu_report, write_gpu_report  # lazy: torch, the pipeline
+
+    if args.video is None and not args.dry_run:
+        raise SystemExit("error: gpu-report needs --video PATH (or --dry-run)")
+    clip = ClipSpec(video=args.video) if args.video is not None else ClipSpec(synthetic="static:1")
+    options = GpuReportOptions(
+        clip=clip, out_dir=args.out, preset=args.preset, frames=args.frames, device=args.device, dtype=args.dtype,
+        seed=args.seed, warmup=args.warmup, repeats=args.repeats, decode_tokens=args.decode_tokens,
+        question=args.question, configs_dir=args.configs_dir,
+    )
+    if args.dry_run:
+        options = options.dry()
+    report = run_gpu_report(options, command=_command_line())
+    json_path, md_path = write_gpu_report(report, args.out)
+    print(md_path.read_text())
+    print(f"wrote {json_path} and {md_path} in {report['elapsed_s']:.0f} s")
+    return 0
+
+
+def _cmd_vs_transformers(args: argparse.Namespace) -> int:
+    from .efficiency.vs_transformers import (  # lazy: torch, transformers, the pipeline
+        VsTransformersOptions,
+        format_vs_transformers,
+        run_vs_transformers,
+    )
+
+    options = VsTransformersOptions(
+        clip=_clip(args), preset=args.preset, frames=args.frames, dtype=args.dtype, seed=args.seed,
+        warmup=args.warmup, repeats=args.repeats, threads=args.threads, question=args.question,
+    )
+    report = run_vs_transformers(options, command=_command_line())
+    print(format_vs_transformers(report))
+    if args.json:
+        _write_json(args.json, report)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _cmd_flops(args: argparse.Namespace) -> int:
     # Lazy: the FLOP accounting imports transformers' configs and the presets.
     from .compression.registry import build_method
@@ -335,7 +375,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: where transformers loads)")
     gen.add_argument("--dtype", default=None, help="auto | float32 | bfloat16 | float16 (default: checkpoint's)")
-    gen.add_argument("--backend", default="auto", choices=("auto", "decord", "pyav"), help="video decoder")
+    gen.add_argument("--backend", default="auto", choices=BACKENDS, help="video decoder")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     gen.add_argument("--save-tokens", type=Path, default=None, metavar="PATH",
                      help="write the video's visual tokens to a safetensors file: visual_tokens [N, D_llm] float32 "
@@ -397,6 +437,48 @@ def _add_efficiency_commands(sub: argparse._SubParsersAction) -> None:
                    help="noise guard: longest wait for an idle machine before a re-measurement, s (default 600)")
     p.add_argument("--json", type=Path, help="write the report as JSON to this path")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser(
+        "bench-vs-transformers",
+        help="TTFT of our full (and EarlyTom 0.10) against transformers' own generate(max_new_tokens=1), CPU",
+        description="Time to the first token on identical inputs, interleaved, medians: transformers' "
+        "model.generate(max_new_tokens=1), our full pipeline and our EarlyTom 0.10; prints transformers/ours.",
+    )
+    p.add_argument("--preset", choices=PRESET_NAMES, default="0.5b", help="model shapes (default 0.5b)")
+    _add_clip(p, "the clip", "generate a clip with known structure, e.g. static:24,motion:16,static:24", True)
+    p.add_argument("--frames", type=int, default=8, help="frames sampled (default 8)")
+    p.add_argument("--dtype", default="bfloat16", help="bfloat16 | float32 (default bfloat16)")
+    p.add_argument("--seed", type=int, default=0, help="preset weights seed (default 0)")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up rounds, excluded (default 1)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--question", default=DEFAULT_QUESTION)
+    p.add_argument("--json", type=Path, help="write the report as JSON to this path")
+    p.set_defaults(func=_cmd_vs_transformers)
+
+    p = sub.add_parser(
+        "gpu-report",
+        help="the efficiency table on a lent GPU in one command: 7B preset, every config, SDPA and FlashAttention-2",
+        description="TTFT (median/min/max, stages), peak GPU memory and decode throughput of full, EarlyTom at "
+        "0.25/0.20/0.15/0.10, EarlyTom without its encoder stage and every peer config at 0.10 (configs/*_r0.10.yaml "
+        "whose method is registered), on the 7B preset's random weights; with SDPA and, when flash_attn imports, "
+        "FlashAttention-2. Writes gpu-<device>.json and .md. Needs neither lmms-eval nor the network.",
+    )
+    p.add_argument("--video", type=Path, help="the clip (required unless --dry-run)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the command on CPU: tiny preset, 4 frames of a generated clip, 1 repeat")
+    p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (default results/bench)")
+    p.add_argument("--preset", choices=PRESET_NAMES, default="7b", help="model shapes (default 7b)")
+    p.add_argument("--frames", type=int, default=32, help="frames sampled from the clip (default 32)")
+    p.add_argument("--device", default="cuda", help="cuda | cuda:N (default cuda)")
+    p.add_argument("--dtype", default="bfloat16", help="bfloat16 | float16 | float32 (default bfloat16)")
+    p.add_argument("--seed", type=int, default=0, help="preset weights seed (default 0)")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up rounds per kernel (default 1)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per kernel (default 5)")
+    p.add_argument("--decode-tokens", type=int, default=32, help="greedy tokens decoded after the first (default 32)")
+    p.add_argument("--question", default=DEFAULT_QUESTION)
+    p.add_argument("--configs-dir", type=Path, default=CONFIGS, help="where the config YAMLs are (default configs/)")
+    p.set_defaults(func=_cmd_gpu_report)
 
     p = sub.add_parser(
         "flops",

@@ -1,9 +1,9 @@
-"""Video loading (decord / PyAV) and deterministic synthetic test clips.
+"""Video loading (decord / PyAV / OpenCV) and deterministic synthetic test clips.
 
 ``load_video`` samples frames uniformly over the whole clip as the LLaVA-OneVision reference does; the
-decoders are imported lazily (each such import is marked), so importing this module needs neither and a
-missing one falls back on the other. ``synthetic_frames`` / ``write_video`` build clips with a known temporal
-structure for tests.
+decoders are imported lazily (each such import is marked), so importing this module needs none of them and a
+missing one falls back on the next (decord -> PyAV -> OpenCV). ``synthetic_frames`` / ``write_video`` build
+clips with a known temporal structure for tests.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ __all__ = [
     "write_video",
 ]
 
-BACKENDS = ("auto", "decord", "pyav")
+BACKENDS = ("auto", "decord", "pyav", "cv2")
 SHOT_KINDS = ("static", "motion")
 
 
@@ -54,7 +54,7 @@ class VideoFrames:
     indices: source frame index of each returned frame (length T).
     total_frames: number of frames in the source video.
     fps: average frame rate of the source video (0.0 if unknown).
-    backend: decoder that produced the frames ("decord" or "pyav").
+    backend: decoder that produced the frames ("decord", "pyav" or "cv2").
     path: the file that was read.
     """
 
@@ -113,7 +113,9 @@ def load_video(path, num_frames: int, backend: str = "auto") -> VideoFrames:
       "auto"   - decord, falling back to PyAV when decord is not installed or
                  cannot open/read the file;
       "decord" - decord only;
-      "pyav"   - PyAV only.
+      "pyav"   - PyAV only;
+      "cv2"    - OpenCV only (the fallback of "auto" when neither decord
+                 nor PyAV is installed).
 
     Raises VideoLoadError (one-line message naming the file) for a missing,
     empty, undecodable or zero-frame file; ValueError for a bad backend or
@@ -143,13 +145,26 @@ def load_video(path, num_frames: int, backend: str = "auto") -> VideoFrames:
     if backend == "decord":
         return _load_decord(path_str, num_frames)
 
+    if backend == "cv2":
+        return _load_cv2(path_str, num_frames)
+
     # auto: any decord problem (not installed, cannot open/read, reports zero
-    # frames) is handed to PyAV, which decodes and gives the final verdict.
+    # frames) is handed to PyAV, which decodes and gives the final verdict;
+    # without PyAV, OpenCV does (machines with neither decord nor PyAV).
     try:
         return _load_decord(path_str, num_frames)
     except Exception:
         logger.debug("decord failed on %r, falling back to PyAV", path_str, exc_info=True)
-    return _load_pyav(path_str, num_frames)
+    try:
+        return _load_pyav(path_str, num_frames)
+    except ImportError:
+        logger.debug("PyAV is not installed, falling back to OpenCV for %r", path_str)
+    try:
+        return _load_cv2(path_str, num_frames)
+    except ImportError:
+        raise VideoLoadError(
+            path_str, "no video decoder installed (install decord, av or opencv-python-headless)"
+        ) from None
 
 
 def _check_file(path: str) -> None:
@@ -249,6 +264,62 @@ def _load_pyav(path: str, num_frames: int) -> VideoFrames:
         raise
     except Exception as exc:
         raise VideoLoadError(path, f"not a decodable video ({_short_reason(exc)})") from exc
+
+
+def _load_cv2(path: str, num_frames: int) -> VideoFrames:
+    """OpenCV: the same uniform sampling over the frame count, checked by decoding (as PyAV)."""
+    import cv2  # lazy: optional decoder (opencv-python-headless); ImportError propagates
+
+    declared, fps = _cv2_info(cv2, path)
+    if declared > 0:
+        indices = frame_indices(declared, num_frames)
+        picked, decoded = _cv2_decode(cv2, path, indices)
+        if decoded == declared:
+            return _cv2_frames(picked, indices, declared, fps, path)
+        total = decoded  # the container's count was wrong: sample over the frames that decode
+    else:
+        total = _cv2_decode(cv2, path, [])[1]
+    if total < 1:
+        raise VideoLoadError(path, "video has no frames")
+    indices = frame_indices(total, num_frames)
+    picked, _ = _cv2_decode(cv2, path, indices)
+    missing = sorted(set(indices) - picked.keys())
+    if missing:
+        raise VideoLoadError(path, f"not a decodable video (frame {missing[0]} of {total} could not be decoded)")
+    return _cv2_frames(picked, indices, total, fps, path)
+
+
+def _cv2_info(cv2, path: str) -> tuple[int, float]:
+    capture = cv2.VideoCapture(path)
+    try:
+        if not capture.isOpened():
+            raise VideoLoadError(path, "not a decodable video (OpenCV cannot open it)")
+        return max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)), _clean_fps(capture.get(cv2.CAP_PROP_FPS) or 0)
+    finally:
+        capture.release()
+
+
+def _cv2_decode(cv2, path: str, indices: list[int]) -> tuple[dict[int, np.ndarray], int]:
+    """Read the stream once (``grab``), converting only the wanted frames; ``({index: rgb}, frames read)``."""
+    wanted = set(indices)
+    picked: dict[int, np.ndarray] = {}
+    capture = cv2.VideoCapture(path)
+    count = 0
+    try:
+        while capture.grab():
+            if count in wanted:
+                ok, frame = capture.retrieve()
+                if ok and frame is not None:
+                    picked[count] = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            count += 1
+    finally:
+        capture.release()
+    return picked, count
+
+
+def _cv2_frames(picked, indices, total, fps, path) -> VideoFrames:
+    frames = np.stack([picked[i] for i in indices], axis=0)
+    return VideoFrames(_as_rgb_uint8(frames, path), list(indices), int(total), fps, "cv2", path)
 
 
 def _decode_indices(container, stream, indices: list[int]) -> tuple[dict[int, np.ndarray], int]:

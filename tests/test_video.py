@@ -1,4 +1,4 @@
-"""Tests for earlytom_eval.video: sampling, synthetic clips, decord/PyAV loading, errors."""
+"""Tests for earlytom_eval.video: sampling, synthetic clips, decord/PyAV/OpenCV loading, errors."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from earlytom_eval.video import (
 )
 
 SHOTS = [("static", 6), ("motion", 10), ("static", 8)]  # cuts after frames 5 and 15
-BACKENDS = ["decord", "pyav", "auto"]
+BACKENDS = ["decord", "pyav", "cv2", "auto"]
 
 
 def _mean_abs(a: np.ndarray, b: np.ndarray) -> float:
@@ -133,7 +133,7 @@ def test_round_trip_all_frames(clip, backend):
     assert max(diffs[t] for t in [0, 1, 2, 3, 4, 16, 17, 18, 19, 20, 21, 22]) < 1.0
 
 
-@pytest.mark.parametrize("backend", ["decord", "pyav"])
+@pytest.mark.parametrize("backend", ["decord", "pyav", "cv2"])
 @pytest.mark.parametrize("num", [1, 5, 8, 40])
 def test_round_trip_subsampled(clip, backend, num):
     path, frames = clip
@@ -152,6 +152,32 @@ def test_backends_agree(clip):
     b = load_video(path, 7, backend="pyav")
     assert a.indices == b.indices and a.total_frames == b.total_frames
     assert _mean_abs(a.frames, b.frames) < 1.0
+
+
+def test_cv2_samples_like_the_others(clip):
+    path, _ = clip
+    a = load_video(path, 7, backend="decord")
+    c = load_video(path, 7, backend="cv2")
+    assert c.backend == "cv2" and c.indices == a.indices and c.total_frames == a.total_frames
+    assert c.fps == pytest.approx(a.fps)
+    assert _mean_abs(a.frames, c.frames) < 1.0
+
+
+def test_auto_falls_back_to_cv2_without_decord_and_pyav(clip, monkeypatch):
+    path, _ = clip
+    monkeypatch.setitem(sys.modules, "decord", None)  # import raises ImportError: as on the GPU machines
+    monkeypatch.setitem(sys.modules, "av", None)
+    out = load_video(path, 5, backend="auto")
+    assert out.backend == "cv2" and out.indices == frame_indices(24, 5)
+
+
+def test_no_decoder_installed_is_one_clear_line(clip, monkeypatch):
+    path, _ = clip
+    for name in ("decord", "av", "cv2"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(VideoLoadError) as err:
+        load_video(path, 4, backend="auto")
+    _assert_one_line(err, path, "no video decoder installed")
 
 
 def test_write_video_odd_size_and_fps(tmp_path):

@@ -19,6 +19,7 @@ import torch
 
 from ..compression.config import CompressionConfig
 from ..dtypes import resolve_dtype
+from ..models.compat import set_attention
 from ..models.llava_ov import EarlyTomLlavaOnevision, load_model
 from ..models.presets import build_model, build_pooling_head, build_processor
 from ..stages import OTHER, STAGES
@@ -231,13 +232,23 @@ class BenchOptions:
     max_other_cpu: float | None
     max_retries: int
     idle_wait_s: float
+    attn_implementation: str = "sdpa"
 
 
-def run_bench(options: BenchOptions, *, command: str = "", log: TextIO = sys.stderr) -> dict[str, Any]:
+def run_bench(
+    options: BenchOptions,
+    *,
+    command: str = "",
+    log: TextIO = sys.stderr,
+    model: EarlyTomLlavaOnevision | None = None,
+    source: str | None = None,
+) -> dict[str, Any]:
     """Build the model, measure every config (progress on ``log``) and return the validated JSON report.
 
     The clip is decoded before any model is built, so a bad clip fails at once. ``command`` is recorded in the
-    report.
+    report. ``model`` (with ``source``, how the report names it): an already built model of ``options``' preset
+    or checkpoint, measured instead of building one (several runs on one set of weights: ``gpu-report``); it is
+    switched to ``options.attn_implementation``.
     """
     if options.threads is not None:
         torch.set_num_threads(options.threads)
@@ -249,7 +260,9 @@ def run_bench(options: BenchOptions, *, command: str = "", log: TextIO = sys.std
 
     quiet = wait_for_quiet(options.wait_quiet, options.wait_max) if options.wait_quiet is not None else None
     started = time.perf_counter()
-    if options.preset:
+    if model is not None:
+        source = source or "a model built by the caller"
+    elif options.preset:
         hf_model = build_model(options.preset, seed=options.seed, dtype=dtype, device=device)
         head = build_pooling_head(options.preset, seed=options.seed, dtype=dtype, device=device)  # FastVID's
         model = EarlyTomLlavaOnevision(hf_model, build_processor(options.preset), configs[0], pooling_head=head)
@@ -257,6 +270,8 @@ def run_bench(options: BenchOptions, *, command: str = "", log: TextIO = sys.std
     else:
         model = load_model(options.pretrained, configs[0], device=device, dtype=dtype)
         source = f"checkpoint {options.pretrained}"
+    if getattr(model.model.config, "_attn_implementation", None) != options.attn_implementation:
+        set_attention(model.model, options.attn_implementation)
     for cfg in configs:
         model.with_config(cfg)  # validates every config against the model before measuring
     print(f"model ready in {time.perf_counter() - started:.0f} s: {source}", file=log)

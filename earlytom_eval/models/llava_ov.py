@@ -34,7 +34,7 @@ from ..compression.methods import CompressionMethod
 from ..compression.registry import build_method
 from ..dtypes import resolve_dtype
 from ..timing import StageTimer
-from . import llm
+from . import compat, llm
 from .encoder import NULL_TIMER, VideoEncoding, encode_videos, received_attention
 
 __all__ = [
@@ -488,8 +488,7 @@ def load_model(
 
     torch_dtype = dtype if dtype is None or dtype == "auto" else resolve_dtype(dtype)
     kwargs: dict[str, Any] = {"attn_implementation": attn_implementation}
-    if torch_dtype is not None:
-        kwargs["dtype"] = torch_dtype
+    kwargs.update(compat.dtype_kwargs(torch_dtype))  # dtype= or, before transformers 4.56, torch_dtype=
     if device_map is not None:
         kwargs["device_map"] = device_map
     pooling_head = load_pooling_head(cfg, str(pretrained), hf_config, torch_dtype) if cfg.method == "fastvid" else None

@@ -30,6 +30,7 @@ from ..compression.inner import (
     plan_inner_merge,
 )
 from ..timing import StageTimer
+from . import compat
 
 __all__ = ["DecodePruner", "InnerMerge", "LayerGroup", "LlmState", "decode_step", "prefill"]
 
@@ -84,29 +85,13 @@ def _run_layers(
     keep_input_of: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run layers ``start..stop-1`` as ``Qwen2Model.forward`` does; optionally return one layer's input."""
-    from transformers.masking_utils import create_causal_mask
-
-    mask = create_causal_mask(
-        config=lm.config,
-        inputs_embeds=hidden,
-        attention_mask=mask2d,
-        past_key_values=cache,
-        position_ids=positions,
-        layer_idx=start,
-    )
+    mask = compat.causal_mask(lm.config, hidden, mask2d, cache, positions, start)
     position_embeddings = lm.rotary_emb(hidden, positions)
     kept_input = None
     for index in range(start, stop):
         if index == keep_input_of:
             kept_input = hidden
-        hidden = lm.layers[index](
-            hidden,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            position_embeddings=position_embeddings,
-        )
+        hidden = compat.run_decoder_layer(lm.layers[index], hidden, mask, positions, cache, position_embeddings)
     return hidden, kept_input
 
 
@@ -122,7 +107,7 @@ def _last_token_scores(
     query = attn.q_proj(x).view(x.shape[0], 1, -1, attn.head_dim).transpose(1, 2)  # [B, H, 1, d]
     cos, sin = lm.rotary_emb(x, positions[:, -1:])
     query, _ = apply_rotary_pos_emb(query, query, cos, sin)
-    keys = cache.layers[layer_index].keys  # [B, H_kv, L, d], RoPE applied
+    keys = compat.layer_keys(cache, layer_index)  # [B, H_kv, L, d], RoPE applied
     return last_query_attention(query[:, :, 0], keys, mask2d.bool(), attn.scaling)
 
 
@@ -207,7 +192,6 @@ def prefill(
     """
     timer = timer or StageTimer(None)
     lm = _language_model(model)
-    from transformers import DynamicCache
 
     cuts = sorted([*cuts, *([inner] if inner is not None else [])], key=lambda cut: cut.layer)
     if cuts and visual_mask is None:
@@ -215,7 +199,7 @@ def prefill(
     if positions is None:
         positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
     next_positions = positions[:, -1] + 1
-    cache = DynamicCache(config=lm.config)
+    cache = compat.new_cache(lm.config)
     num_layers = len(lm.layers)
     groups: list[LayerGroup] = []
     decisions = None

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..dtypes import resolve_dtype
+from . import compat
 from .pooling_head import HEAD_FOLDER, AttentionPoolingHead, load_pooling_head, write_random_head
 from .tokenizer import (
     CHAT_TEMPLATE,
@@ -366,6 +367,7 @@ def build_model(
     seed: int = 0,
     dtype: torch.dtype | str = torch.float32,
     device: torch.device | str = "cpu",
+    attn_implementation: str = "sdpa",
 ) -> LlavaOnevisionForConditionalGeneration:
     """Randomly initialised ``LlavaOnevisionForConditionalGeneration`` for preset ``name``, in ``eval()`` mode.
 
@@ -374,7 +376,7 @@ def build_model(
     private RNG stream seeded with ``seed``: the caller's global RNG state is left untouched, and the
     same ``(seed, dtype, device type)`` gives bit-identical weights. Weights are created directly on
     ``device`` (CPU and CUDA draw different random streams). ``device="meta"`` allocates nothing
-    (shapes only, e.g. for FLOP / parameter counting). Attention uses ``attn_implementation="sdpa"``.
+    (shapes only, e.g. for FLOP / parameter counting). Attention: ``attn_implementation`` (default ``"sdpa"``).
 
     Raises:
         ValueError: unknown preset name or dtype.
@@ -388,7 +390,7 @@ def build_model(
     def construct() -> LlavaOnevisionForConditionalGeneration:
         with target:
             return LlavaOnevisionForConditionalGeneration._from_config(
-                config, dtype=torch_dtype, attn_implementation="sdpa"
+                config, attn_implementation=attn_implementation, **compat.dtype_kwargs(torch_dtype)
             )
 
     if target.type == "meta":
@@ -404,7 +406,8 @@ def build_model(
                     torch.cuda.manual_seed(seed)
             model = construct()
     else:  # other accelerators: initialise on CPU (deterministic), then move
-        model = build_model(name, seed=seed, dtype=torch_dtype, device="cpu").to(target)
+        model = build_model(name, seed=seed, dtype=torch_dtype, device="cpu", attn_implementation=attn_implementation)
+        model = model.to(target)
 
     model.generation_config = _generation_config(name)
     return model.eval()
