@@ -21,7 +21,7 @@ from ..compression.config import CompressionConfig
 from ..dtypes import resolve_dtype
 from ..models.compat import set_attention
 from ..models.llava_ov import EarlyTomLlavaOnevision, load_model
-from ..models.presets import build_model, build_pooling_head, build_processor
+from ..models.presets import build_pipeline
 from ..stages import OTHER, STAGES
 from ..timing import NULL_TIMER, StageTimer, synchronize
 from .bench_report import RunRecord, build_report
@@ -263,9 +263,7 @@ def run_bench(
     if model is not None:
         source = source or "a model built by the caller"
     elif options.preset:
-        hf_model = build_model(options.preset, seed=options.seed, dtype=dtype, device=device)
-        head = build_pooling_head(options.preset, seed=options.seed, dtype=dtype, device=device)  # FastVID's
-        model = EarlyTomLlavaOnevision(hf_model, build_processor(options.preset), configs[0], pooling_head=head)
+        model = build_pipeline(options.preset, configs[0], seed=options.seed, dtype=dtype, device=device)
         source = f"preset '{options.preset}' (seed {options.seed}), {RANDOM_WEIGHTS_NOTE}"
     else:
         model = load_model(options.pretrained, configs[0], device=device, dtype=dtype)

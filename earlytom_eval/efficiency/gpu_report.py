@@ -23,11 +23,10 @@ from typing import Any, TextIO
 import torch
 
 from ..compression.config import CompressionConfig, ConfigError, load_config
-from ..compression.methods import registered_methods
+from ..compression.registry import registered_methods
 from ..dtypes import resolve_dtype
 from ..models.compat import transformers_version
-from ..models.llava_ov import EarlyTomLlavaOnevision
-from ..models.presets import build_model, build_processor
+from ..models.presets import build_pipeline
 from ..paths import CONFIGS
 from ..stages import OTHER, STAGES
 from .bench import RANDOM_WEIGHTS_NOTE, BenchOptions, run_bench
@@ -154,8 +153,8 @@ def run_gpu_report(options: GpuReportOptions, *, command: str = "", log: TextIO 
     notes.extend(kernel_notes)
 
     built = time.perf_counter()
-    hf_model = build_model(options.preset, seed=options.seed, dtype=resolve_dtype(options.dtype), device=device)
-    model = EarlyTomLlavaOnevision(hf_model, build_processor(options.preset), configs[0])
+    dtype = resolve_dtype(options.dtype)
+    model = build_pipeline(options.preset, configs[0], seed=options.seed, dtype=dtype, device=device)
     source = f"preset '{options.preset}' (seed {options.seed}), {RANDOM_WEIGHTS_NOTE}"
     build_s = time.perf_counter() - built
     print(f"model built in {build_s:.0f} s: {source}", file=log)

@@ -19,7 +19,7 @@ import torch
 from ..compression.config import CompressionConfig
 from ..dtypes import resolve_dtype
 from ..models.llava_ov import EarlyTomLlavaOnevision
-from ..models.presets import build_model, build_pooling_head, build_processor
+from ..models.presets import build_pipeline
 from ..video import synthetic_frames
 from .bench import _eos_ignored
 from .host import hardware_info
@@ -67,9 +67,7 @@ def run_throughput(options: ThroughputOptions, *, command: str = "", log: TextIO
         raise ValueError("batch sizes, videos and rounds must be >= 1")
     dtype = resolve_dtype(options.dtype)
     configs = [c.replace(num_frames=options.frames, name=c.name) for c in options.configs]
-    hf_model = build_model(options.preset, seed=options.seed, dtype=dtype, device=torch.device(options.device))
-    head = build_pooling_head(options.preset, seed=options.seed, dtype=dtype, device=options.device)
-    base = EarlyTomLlavaOnevision(hf_model, build_processor(options.preset), configs[0], pooling_head=head)
+    base = build_pipeline(options.preset, configs[0], seed=options.seed, dtype=dtype, device=options.device)
     models = [base.with_config(cfg) for cfg in configs]
     size = (base.processor.video_processor.size.get("height", 384),) * 2
     clips = _clips(options.videos, options.frames, size)

@@ -14,12 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..dtypes import resolve_dtype
 from . import compat
+from .llava_ov import EarlyTomLlavaOnevision
 from .pooling_head import HEAD_FOLDER, AttentionPoolingHead, load_pooling_head, write_random_head
 from .tokenizer import (
     CHAT_TEMPLATE,
@@ -48,6 +49,7 @@ __all__ = [
     "PRESET_MANIFEST",
     "PRESET_NAMES",
     "build_model",
+    "build_pipeline",
     "build_pooling_head",
     "build_processor",
     "default_dtype",
@@ -411,6 +413,20 @@ def build_model(
 
     model.generation_config = _generation_config(name)
     return model.eval()
+
+
+def build_pipeline(
+    name: str,
+    config: Any,
+    seed: int = 0,
+    dtype: torch.dtype | str = torch.float32,
+    device: torch.device | str = "cpu",
+) -> EarlyTomLlavaOnevision:
+    """Preset ``name``'s random model, processor and FastVID pooling head, with compression ``config``: the
+    in-memory twin of ``load_model`` on a checkpoint written by :func:`write_checkpoint`."""
+    model = build_model(name, seed=seed, dtype=dtype, device=device)
+    head = build_pooling_head(name, seed=seed, dtype=dtype, device=device)
+    return EarlyTomLlavaOnevision(model, build_processor(name), config, pooling_head=head)
 
 
 def build_pooling_head(
