@@ -6,7 +6,8 @@ model's own modules (SigLIP embeddings and encoder layers, projector, pooling, i
 
 1. the SigLIP encoder layers run one by one (SDPA, frames are the batch dimension); after the layers
    the method names, the frames may be merged, so later layers run on fewer frames;
-2. the received attention is computed at one layer only, from that layer's queries and keys;
+2. the received attention is computed at one layer only, from the queries and keys that layer's own
+   attention computed (captured while it runs, see :mod:`.encoder`);
 3. after projector and pooling, the method selects the tokens; ONE ``image_newline`` token follows;
 4. the variable-length visual tokens replace the video placeholder inside the chat prompt, and the
    model's ``generate`` runs greedily on the resulting ``inputs_embeds``.
@@ -35,13 +36,12 @@ from ..compression.temporal import compose_sources
 from ..dtypes import resolve_dtype
 from ..timing import StageTimer
 from . import llm
+from .encoder import attention_received, capture_projections, projections_to_heads, received_attention
 from .llm import InnerMerge
 
 __all__ = ["EarlyTomLlavaOnevision", "GenerationOutput", "VideoEncoding", "load_model", "received_attention"]
 
 Segment = tuple[int, int]
-# Bytes of float32 attention probabilities materialised at once when computing the received attention.
-_ATTENTION_CHUNK_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -91,34 +91,6 @@ class GenerationOutput:
     stages_ms: dict[str, float] = field(default_factory=dict)
     #: Tokens each LLM layer processed in the prefill (fewer from layer k on with stage 3).
     llm_tokens_per_layer: tuple[int, ...] = ()
-
-
-def received_attention(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Attention each token receives in a SigLIP encoder layer: softmax(QK^T) averaged over heads and queries.
-
-    Only this layer's queries and keys are recomputed (from ``layer_norm1`` and ``q_proj``/``k_proj``);
-    the probabilities are materialised a few frames at a time and reduced at once.
-
-    Args:
-        layer: a ``SiglipEncoderLayer``.
-        hidden: ``[T, S, D]`` the layer's input.
-    Returns:
-        ``[T, S]`` float32.
-    """
-    attn = layer.self_attn
-    num_frames, num_tokens, _ = hidden.shape
-    heads = attn.num_heads
-    x = layer.layer_norm1(hidden)
-    queries = attn.q_proj(x).view(num_frames, num_tokens, heads, -1).transpose(1, 2)
-    keys = attn.k_proj(x).view(num_frames, num_tokens, heads, -1).transpose(1, 2)
-    chunk = max(1, _ATTENTION_CHUNK_BYTES // (4 * heads * num_tokens * num_tokens))
-    out = []
-    for start in range(0, num_frames, chunk):
-        q = queries[start : start + chunk].float() * attn.scale
-        k = keys[start : start + chunk].float()
-        probs = torch.softmax(q @ k.transpose(-1, -2), dim=-1)  # [t, H, S, S]
-        out.append(probs.mean(dim=(1, 2)))
-    return torch.cat(out)
 
 
 class EarlyTomLlavaOnevision:
@@ -212,13 +184,23 @@ class EarlyTomLlavaOnevision:
             cuts.add(plan.attention_layer)
         bounds = sorted(cuts)
         for start, stop in zip(bounds, bounds[1:]):
-            if start == plan.attention_layer:
-                with timer.stage("compression"):
-                    attention = received_attention(layers[start], hidden)
+            projections: dict[str, torch.Tensor] = {}
             with timer.stage("vision_encoder"):
                 for index in range(start, stop):
                     frames_per_layer.append(int(hidden.shape[0]))
-                    hidden = _layer_output(layers[index](hidden, None))
+                    if index == plan.attention_layer:  # keep the queries and keys its attention uses
+                        with capture_projections(layers[index].self_attn) as projections:
+                            hidden = _layer_output(layers[index](hidden, None))
+                    else:
+                        hidden = _layer_output(layers[index](hidden, None))
+            if projections:
+                with timer.stage("compression"):
+                    heads = layers[start].self_attn.num_heads
+                    attention = attention_received(
+                        projections_to_heads(projections.pop("q"), heads),
+                        projections_to_heads(projections.pop("k"), heads),
+                        layers[start].self_attn.scale,
+                    )
             if stop - 1 in hooks:
                 with timer.stage("compression"):
                     outcome = self.compressor.after_layer(stop - 1, hidden, attention)
