@@ -144,7 +144,8 @@ def load_stage3(root: Path):
         raise RuntimeError(f"{path}: no `layer_idx == INNER_k` branch")
     body = branch.body
     first = next(i for i, s in enumerate(body) if "top_attention_rank_index" in ast.unparse(s))
-    last = next(i for i, s in enumerate(body) if ast.unparse(s).startswith("hidden_states = hidden_states[:, keep_indexs"))
+    gather = "hidden_states = hidden_states[:, keep_indexs"
+    last = next(i for i, s in enumerate(body) if ast.unparse(s).startswith(gather))
     statements = body[first : last + 1]
     source = "\n".join(ast.unparse(s) for s in statements)
     func = (

@@ -42,8 +42,8 @@ def frame_similarity(hidden: torch.Tensor, max_offset: int | None = None) -> tor
 
     Args:
         hidden: ``[T, S, D]`` tokens of T frames (any float dtype).
-        max_offset: only pairs of frames at most this far apart are computed (the others are NaN); None:
-            every pair. The segmentation reads only pairs less than ``max_window`` apart (see
+        max_offset: only pairs of frames at most this far apart are sure to be computed (farther pairs may be
+            NaN); None: every pair. The segmentation reads only pairs less than ``max_window`` apart (see
             :func:`similarity_offset`).
     Returns:
         ``[T, T]`` float32 matrix, ``sim[x, y] = mean_i cos(hidden[x, i], hidden[y, i])``.
