@@ -134,7 +134,11 @@ def ours_stage3(hidden, scores):
     span = hidden[0, PREFIX : PREFIX + VISUAL]
     decision = plan_inner_merge(scores, span, inner_keep_count(VISUAL, INNER_RATIO))
     merged = merge_into_kept(span, decision)
-    return torch.cat([hidden[0, :PREFIX], merged, hidden[0, PREFIX + VISUAL :]])[None]
+    length = hidden.shape[1]
+    keep = torch.cat([torch.arange(PREFIX), decision.kept + PREFIX, torch.arange(PREFIX + VISUAL, length)])
+    out = hidden[:, keep]  # one gather, as the reference's
+    out[0, PREFIX : PREFIX + merged.shape[0]] = merged
+    return out
 
 
 def timed(fn):
