@@ -127,7 +127,13 @@ def merge_into_kept(hidden: torch.Tensor, decision: InnerMergeDecision, mode: st
         kept_coef = 1.0 / (size.float() + 1.0)
         other_coef = 1.0 / (size[group].float() + 1.0)
     merged = kept_coef[:, None] * x[kept]
-    # Accumulating index_put on CPU adds the rows serially in index order (= ascending position), as the
-    # reference's sequential fold does; index_add would go through a far slower scatter_add.
-    merged.index_put_((group,), other_coef[:, None] * x[others], accumulate=True)
+    terms = other_coef[:, None] * x[others]
+    # Round r adds every group's r-th token (ascending position): the targets of one round are distinct, so
+    # each kept token sums its terms in position order, bitwise as the reference's sequential fold, and
+    # deterministically (index_add goes through a far slower scatter_add on CPU; an accumulating index_put
+    # may sum a row's terms in another order).
+    for r in range(int(size.max()) if group.numel() else 0):
+        step = (rank == r).nonzero().squeeze(1)
+        targets = group[step]
+        merged[targets] = merged[targets] + terms[step]
     return merged.to(hidden.dtype)
