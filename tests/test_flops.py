@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from earlytom_eval.cli import main as cli_main
 from earlytom_eval.compression.config import CompressionConfig, LlmCut, load_config
 from earlytom_eval.compression.methods import CompressionMethod, EncoderPlan, PlannedCounts
-from earlytom_eval.compression.temporal import frame_similarity, plan_temporal_merge
+from earlytom_eval.compression.temporal import frame_similarity, plan_temporal_merge, similarity_offset
 from earlytom_eval.compression.tome import ToMeState, tome_step
 from earlytom_eval.compression.visionzip import pool_grid
 from earlytom_eval.efficiency.flops import (
@@ -44,7 +44,8 @@ from earlytom_eval.efficiency.schedules import (
     planned_schedule,
     schedule_from_encoding,
 )
-from earlytom_eval.models.llava_ov import EarlyTomLlavaOnevision, received_attention
+from earlytom_eval.models.encoder import attention_received
+from earlytom_eval.models.llava_ov import EarlyTomLlavaOnevision
 from earlytom_eval.models.presets import build_model, build_processor, preset_config
 from earlytom_eval.video import synthetic_frames
 
@@ -190,16 +191,16 @@ def test_meta_7b_encoder_projector_and_compression(meta_7b):
     assert _close(projector_pooling_flops(shapes, schedule.frames_out), counter.get_total_flops())
     assert round(projector_pooling_flops(shapes, 32) / 1e12, 2) == 0.79
 
-    # Compression: the similarity at each prune layer, attention recomputed at the last, re-segmentation.
+    # Compression: the band of similarities at each prune layer, the received attention at the last from
+    # that layer's own (captured) queries and keys, the re-segmentation.
+    offset = similarity_offset(cfg.max_window)
+    last = cfg.prune_layers[-1]
+    qk = torch.empty(schedule.frames_per_layer[last], 16, 729, 72, device="meta", dtype=torch.bfloat16)
     with attention_flop_counter() as counter:
         for layer in cfg.prune_layers:
-            frame_similarity(torch.empty(schedule.frames_per_layer[layer], 729, 1152, device="meta"))
-        last = cfg.prune_layers[-1]
-        received_attention(
-            vision.encoder.layers[last],
-            torch.empty(schedule.frames_per_layer[last], 729, 1152, device="meta", dtype=torch.bfloat16),
-        )
-        frame_similarity(torch.empty(schedule.frames_per_layer[last + 1], 729, 1152, device="meta"))
+            frame_similarity(torch.empty(schedule.frames_per_layer[layer], 729, 1152, device="meta"), offset)
+        attention_received(qk, qk, 72**-0.5)
+        frame_similarity(torch.empty(schedule.frames_per_layer[last + 1], 729, 1152, device="meta"), offset)
     encoder_side = cfg.replace(inner_layer=None)
     ours, parts = compression_flops(shapes, encoder_side, schedule)
     assert set(parts) == {"frame_similarity", "received_attention"}

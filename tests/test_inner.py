@@ -63,6 +63,48 @@ def test_plan_keeps_top_scores_and_assigns_to_the_most_similar_kept_token():
     assert decision.assign.tolist() == [0, 1, 0, 1, 0]
 
 
+def _reference_assignment(scores: torch.Tensor, hidden: torch.Tensor, keep: int) -> dict[int, int]:
+    """The reference's rule, transcribed: every non-top-k token -> the top-k token of highest cosine."""
+    top = scores.topk(keep).indices
+    others = torch.tensor([i for i in range(len(scores)) if i not in set(top.tolist())], dtype=torch.long)
+    dot = hidden[others] @ hidden[top].T
+    sim = dot / (hidden[others].norm(dim=-1, keepdim=True) * hidden[top].norm(dim=-1, keepdim=True).T)
+    return dict(zip(others.tolist(), top[sim.max(dim=-1).indices].tolist()))
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("num_visual, keep", [(40, 20), (41, 7), (30, 29), (12, 1)])
+def test_plan_scores_only_the_merged_tokens_and_follows_the_reference_rule(seed, num_visual, keep):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(num_visual, 24, generator=g) * (torch.rand(num_visual, 1, generator=g) * 3 + 0.1)
+    scores = torch.rand(num_visual, generator=g)
+    decision = plan_inner_merge(scores, hidden, keep)
+    kept = decision.kept.tolist()
+    assert kept == sorted(scores.topk(keep).indices.tolist())
+    assert [decision.assign[k].item() for k in kept] == list(range(keep))
+    expected = _reference_assignment(scores, hidden, keep)
+    assert {o: kept[decision.assign[o].item()] for o in expected} == expected
+
+
+def test_plan_keeping_every_token_assigns_each_to_itself():
+    hidden = torch.randn(9, 4)
+    decision = plan_inner_merge(torch.rand(9), hidden, 9)
+    assert decision.kept.tolist() == list(range(9))
+    assert decision.assign.tolist() == list(range(9))
+
+
+def test_plan_bfloat16_scores_in_the_model_dtype_agree_on_separated_tokens():
+    g = torch.Generator().manual_seed(3)
+    centres = torch.randn(6, 32, generator=g) * 4
+    hidden = torch.cat([centres, centres.repeat(3, 1) + 0.3 * torch.randn(18, 32, generator=g)])
+    scores = torch.cat([torch.ones(6), torch.zeros(18)]) + 0.01 * torch.rand(24, generator=g)
+    as_fp32 = plan_inner_merge(scores, hidden, 6)
+    as_bf16 = plan_inner_merge(scores, hidden.bfloat16(), 6)
+    assert torch.equal(as_bf16.kept, as_fp32.kept)
+    assert torch.equal(as_bf16.assign, as_fp32.assign)
+    assert as_fp32.assign[6:].tolist() == list(range(6)) * 3
+
+
 def test_last_query_attention_is_one_softmax_row_averaged_over_heads_with_gqa():
     torch.manual_seed(0)
     query = torch.randn(1, 4, 8)

@@ -71,6 +71,11 @@ class InnerMergeDecision:
 def plan_inner_merge(scores: torch.Tensor, hidden: torch.Tensor, keep: int) -> InnerMergeDecision:
     """Keep the ``keep`` highest-scoring visual tokens; assign every other one to its most similar kept token.
 
+    Only the tokens that merge are scored, against the kept ones: one ``[Nv - keep, keep]`` matmul of the
+    others' hidden states with the kept ones scaled to unit norm, then an argmax (the others' own norms do
+    not change which kept token is closest). The matmul runs in the hidden states' dtype, as the
+    reference's ``bmm`` does.
+
     Args:
         scores: ``[Nv]`` attention of the last prompt token to each visual token.
         hidden: ``[Nv, D]`` the visual tokens' hidden states entering layer k (before any merging).
@@ -79,9 +84,17 @@ def plan_inner_merge(scores: torch.Tensor, hidden: torch.Tensor, keep: int) -> I
     if not 1 <= keep <= num_visual:
         raise ValueError(f"tokens to keep must be in [1, {num_visual}], got {keep}")
     kept = scores.topk(keep).indices.sort().values
-    unit = torch.nn.functional.normalize(hidden.float(), dim=-1)
-    assign = (unit @ unit[kept].T).argmax(dim=-1)  # ties: the first (lowest-position) kept token
-    assign[kept] = torch.arange(keep, device=assign.device)
+    assign = torch.empty(num_visual, dtype=torch.long, device=hidden.device)
+    assign[kept] = torch.arange(keep, device=hidden.device)
+    if keep < num_visual:
+        is_kept = torch.zeros(num_visual, dtype=torch.bool, device=hidden.device)
+        is_kept[kept] = True
+        others = (~is_kept).nonzero().squeeze(1)
+        targets = hidden[kept].to(torch.float32, copy=True)
+        norms = torch.linalg.vector_norm(targets, dim=-1, keepdim=True).clamp_min_(1e-12)
+        unit = targets.div_(norms).to(hidden.dtype)
+        # ties: the first (lowest-position) kept token
+        assign[others] = (hidden[others] @ unit.T).argmax(dim=-1)
     return InnerMergeDecision(kept, assign)
 
 
@@ -115,7 +128,15 @@ def merge_into_kept(hidden: torch.Tensor, decision: InnerMergeDecision, mode: st
         kept_coef = 1.0 / (size.float() + 1.0)
         other_coef = 1.0 / (size[group].float() + 1.0)
     merged = kept_coef[:, None] * x[kept]
-    merged = merged.index_add(0, group, other_coef[:, None] * x[others])
+    terms = other_coef[:, None] * x[others]
+    # Round r adds every group's r-th token (ascending position): the targets of one round are distinct, so
+    # each kept token sums its terms in position order, bitwise as the reference's sequential fold, and
+    # deterministically (index_add goes through a far slower scatter_add on CPU; an accumulating index_put
+    # may sum a row's terms in another order).
+    for r in range(int(size.max()) if group.numel() else 0):
+        step = (rank == r).nonzero().squeeze(1)
+        targets = group[step]
+        merged[targets] = merged[targets] + terms[step]
     return merged.to(hidden.dtype)
 
 

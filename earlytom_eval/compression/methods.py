@@ -30,7 +30,7 @@ import torch
 from .config import CompressionConfig, LlmCut, ModelFacts
 from .selection import TokenSelection, frame_major_index
 from .spatial import SpatialSelection, select_tokens
-from .temporal import FrameMergePlan, coarse_segments, frame_similarity, temporal_merge
+from .temporal import FrameMergePlan, coarse_segments, frame_similarity, similarity_offset, temporal_merge
 
 __all__ = [
     "CompressionMethod",
@@ -202,7 +202,8 @@ class EarlyTomMethod(CompressionMethod):
     def after_layer(self, layer: int, hidden: torch.Tensor, attention: torch.Tensor | None) -> LayerOutcome:
         cfg = self.config
         if layer not in cfg.prune_layers:  # post-encoder ablation: segment, never merge
-            segments = coarse_segments(frame_similarity(hidden).cpu(), cfg.tau, cfg.max_window, cfg.ema)
+            sim = frame_similarity(hidden, similarity_offset(cfg.max_window))
+            segments = coarse_segments(sim.cpu(), cfg.tau, cfg.max_window, cfg.ema)
             return LayerOutcome(hidden, attention, tuple(segments))
         final = layer == cfg.prune_layers[-1]
         result = temporal_merge(

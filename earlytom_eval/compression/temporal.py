@@ -2,9 +2,10 @@
 
 Pure tensor functions: they know hidden states ``[T, S_v, D_v]`` (frames are the batch dimension of
 the encoder) and hyperparameters, nothing about transformers. The sequential decisions (segment cuts,
-which middle frames merge) run in Python over at most T frames, reading one ``[T, T]`` similarity
-matrix that is computed in a single matmul and moved to the host once; applying the decisions to the
-hidden states is one gather and one weighted sum for all frames.
+which middle frames merge) run in Python over at most T frames, reading a ``[T, T]`` similarity matrix
+moved to the host once; only the pairs less than ``max_window`` frames apart (the only ones the decisions
+read) are computed, a few frames at a time in float32. Applying the decisions to the hidden states is
+one gather and one weighted sum for all frames.
 
 Reference quirks are reproduced on purpose (so results compare with the paper) and marked
 ``REFERENCE QUIRK``.
@@ -25,25 +26,93 @@ __all__ = [
     "fine_merge_plan",
     "frame_similarity",
     "plan_temporal_merge",
+    "similarity_blocks",
+    "similarity_offset",
     "temporal_merge",
 ]
 
 Segment = tuple[int, int]
 
 
-def frame_similarity(hidden: torch.Tensor) -> torch.Tensor:
-    """Pairwise frame similarity: mean over token positions of the cosine similarity of token i with token i.
+def frame_similarity(hidden: torch.Tensor, max_offset: int | None = None) -> torch.Tensor:
+    """Frame similarity: mean over token positions of the cosine similarity of token i with token i.
+
+    Computed in float32 a few frames at a time (each block converted, normalised per token in place and
+    multiplied with itself and the block before), so no float32 copy of the whole ``[T, S, D]`` exists.
 
     Args:
-        hidden: ``[T, S, D]`` tokens of T frames.
+        hidden: ``[T, S, D]`` tokens of T frames (any float dtype).
+        max_offset: only pairs of frames at most this far apart are sure to be computed (farther pairs may be
+            NaN); None: every pair. The segmentation reads only pairs less than ``max_window`` apart (see
+            :func:`similarity_offset`).
     Returns:
         ``[T, T]`` float32 matrix, ``sim[x, y] = mean_i cos(hidden[x, i], hidden[y, i])``.
     """
     if hidden.dim() != 3:
         raise ValueError(f"frame_similarity expects [T, S, D] hidden states, got shape {tuple(hidden.shape)}")
     num_frames, num_tokens, _ = hidden.shape
-    unit = torch.nn.functional.normalize(hidden.float(), dim=-1, eps=1e-8).reshape(num_frames, -1)
-    return (unit @ unit.T) / num_tokens
+    offset = num_frames - 1 if max_offset is None else max(0, min(max_offset, num_frames - 1))
+    sim = torch.full((num_frames, num_frames), float("nan"), dtype=torch.float32, device=hidden.device)
+    chunks = _dot_chunks(num_tokens)
+    previous = None
+    for start, stop, before in similarity_blocks(num_frames, offset):
+        block = _unit_tokens(hidden[start:stop], chunks)  # [chunks, t, S * D / chunks]
+        sim[start:stop, start:stop] = _chunked_gram(block, block)
+        if before and previous is not None:
+            cross = _chunked_gram(block, previous[:, -before:])
+            sim[start:stop, start - before : start] = cross
+            sim[start - before : start, start:stop] = cross.T
+        previous = block
+    return sim.div_(num_tokens)
+
+
+def similarity_offset(max_window: int) -> int:
+    """The farthest apart two frames whose similarity the segmentation reads: ``max_window - 1``.
+
+    A segment starts at its reference frame and is cut once it would reach ``max_window`` frames, so the
+    coarse loop compares frames at most ``max_window - 1`` apart; the fine merge reads neighbours and
+    ``sim(start, end)`` of one segment (at most ``max_window - 2`` apart).
+    """
+    return max(1, max_window - 1)
+
+
+def similarity_blocks(num_frames: int, max_offset: int) -> list[tuple[int, int, int]]:
+    """The blocks :func:`frame_similarity` computes: ``(start, stop, before)`` per block of frames.
+
+    Block ``[start, stop)`` is multiplied with itself and with the ``before`` frames preceding it; blocks
+    are ``max(max_offset, 1)`` frames (all T frames when every pair is wanted), so every pair at most
+    ``max_offset`` apart is covered. Shared with the FLOP count (:mod:`earlytom_eval.efficiency.flops`).
+    """
+    if num_frames < 1:
+        return []
+    size = num_frames if max_offset >= num_frames - 1 else max(1, max_offset)
+    blocks = []
+    for start in range(0, num_frames, size):
+        stop = min(num_frames, start + size)
+        blocks.append((start, stop, min(start, max_offset)))
+    return blocks
+
+
+def _unit_tokens(frames: torch.Tensor, chunks: int) -> torch.Tensor:
+    """``[t, S, D]`` -> ``[chunks, t, S * D / chunks]`` float32 (a view), every token scaled to unit norm.
+
+    ``eps = 1e-8`` as ``F.normalize``. Splitting the flattened frames into ``chunks`` pieces turns one very
+    long dot product per pair into a batched matmul, which runs several times faster on CPU than one matmul
+    with an inner dimension of ``S * D``.
+    """
+    unit = frames.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    norms = torch.linalg.vector_norm(unit, dim=-1, keepdim=True).clamp_min_(1e-8)
+    return unit.div_(norms).view(frames.shape[0], chunks, -1).transpose(0, 1)
+
+
+def _chunked_gram(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``[c, m, k]``, ``[c, n, k]`` -> ``[m, n]``: the dot products of the concatenated chunks."""
+    return torch.bmm(rows, cols.transpose(1, 2)).sum(dim=0)
+
+
+def _dot_chunks(num_tokens: int) -> int:
+    """Pieces the flattened frame is cut into for the dot products: the largest divisor of S up to 32."""
+    return next(c for c in range(min(num_tokens, 32), 0, -1) if num_tokens % c == 0)
 
 
 def coarse_segments(sim: list[list[float]] | torch.Tensor, tau: float, max_window: int, ema: float) -> list[Segment]:
@@ -64,7 +133,7 @@ def coarse_segments(sim: list[list[float]] | torch.Tensor, tau: float, max_windo
     running = 1.0
     segments: list[Segment] = []
     for i in range(1, num_frames):
-        running = ema * sim[ref][i] + (1.0 - ema) * running
+        running = ema * _read(sim, ref, i) + (1.0 - ema) * running
         if running < tau or (i - start + 1) >= max_window:
             segments.append((start, i - 1))
             start = ref = i
@@ -171,8 +240,8 @@ def plan_temporal_merge(
             continue
         keep(start)
         middle = list(range(start + 1, end))
-        adjacent = [sim[a][b] for a, b in zip(middle, middle[1:])]
-        for i, j, w in fine_merge_plan(adjacent, sim[start][end]):
+        adjacent = [_read(sim, a, b) for a, b in zip(middle, middle[1:])]
+        for i, j, w in fine_merge_plan(adjacent, _read(sim, start, end)):
             src_a.append(middle[i])
             src_b.append(middle[j])
             weight.append(w)
@@ -262,13 +331,21 @@ def temporal_merge(
         attention: ``[T, S]`` received attention of that layer (last prune layer only), merged alongside.
         final: True at the last prune layer: re-segment the merged frames for stage 2.
     """
-    plan = plan_temporal_merge(frame_similarity(hidden).cpu(), tau, max_window, ema)
+    offset = similarity_offset(max_window)
+    plan = plan_temporal_merge(frame_similarity(hidden, offset).cpu(), tau, max_window, ema)
     merged = apply_frame_merge(hidden, plan)
     merged_attention = apply_frame_merge(attention, plan) if attention is not None else None
     final_segments = None
     if final:
-        final_segments = tuple(coarse_segments(frame_similarity(merged).cpu(), tau, max_window, ema))
+        final_segments = tuple(coarse_segments(frame_similarity(merged, offset).cpu(), tau, max_window, ema))
     return TemporalMergeResult(merged, merged_attention, plan, final_segments)
+
+
+def _read(sim: list[list[float]], x: int, y: int) -> float:
+    value = sim[x][y]
+    if value != value:  # NaN: a pair outside the band frame_similarity computed
+        raise ValueError(f"the similarity of frames {x} and {y} was not computed (frame_similarity's max_offset)")
+    return value
 
 
 def _as_rows(sim: list[list[float]] | torch.Tensor) -> list[list[float]]:

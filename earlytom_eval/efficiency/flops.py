@@ -18,6 +18,7 @@ from transformers import AutoConfig
 from ..compression.config import CompressionConfig, ModelFacts
 from ..compression.inner import inner_keep_count
 from ..compression.spatial import dynamic_token_count, effective_retention, static_token_count
+from ..compression.temporal import similarity_blocks, similarity_offset
 from ..models.presets import preset_config
 from ..stages import FLOP_STAGES
 from .schedules import FrameSchedule
@@ -31,7 +32,6 @@ __all__ = [
     "earlytom_compression_parts",
     "encoder_layer_flops",
     "inner_merge_flops",
-    "layer_keys_flops",
     "llm_layer_flops",
     "llm_prefill_flops",
     "projector_pooling_flops",
@@ -223,35 +223,35 @@ def projector_pooling_flops(shapes: ModelShapes, frames_out: int, tokens_out: in
     return _linear(rows, shapes.vision_hidden, shapes.hidden) + _linear(rows, shapes.hidden, shapes.hidden)
 
 
-def frame_similarity_flops(shapes: ModelShapes, frames: int) -> int:
-    """EarlyTom's ``[T, T]`` frame similarity, one product ``[T, S_v*D_v] @ [S_v*D_v, T]``."""
-    return 2 * frames * frames * shapes.encoder_tokens * shapes.vision_hidden
+def frame_similarity_flops(shapes: ModelShapes, frames: int, max_window: int | None = None) -> int:
+    """EarlyTom's frame similarities on ``frames`` frames: the blocks :func:`frame_similarity` multiplies.
+
+    With ``max_window`` only the pairs less than ``max_window`` frames apart are computed, a block of frames
+    against itself and the block before (:func:`~earlytom_eval.compression.temporal.similarity_blocks`);
+    without it, the whole ``[T, T]`` matrix, ``2 T^2 S_v D_v``.
+    """
+    offset = frames - 1 if max_window is None else similarity_offset(max_window)
+    pairs = sum((stop - start) * (stop - start + before) for start, stop, before in similarity_blocks(frames, offset))
+    return 2 * pairs * shapes.encoder_tokens * shapes.vision_hidden
 
 
 def received_attention_flops(shapes: ModelShapes, frames: int, tokens: int | None = None) -> int:
-    """Recomputing one layer's queries and keys, and QK^T over all heads (the softmax is elementwise), on
-    ``frames`` frames of ``tokens`` tokens (default ``S_v``)."""
+    """QK^T over all heads of one layer (``2 T S^2 D_v``) on ``frames`` frames of ``tokens`` tokens (default
+    ``S_v``); the queries and keys are the layer's own (captured while it runs, counted in the encoder) and
+    the softmax and sums are elementwise."""
     tokens = shapes.encoder_tokens if tokens is None else tokens
-    rows = frames * tokens
-    d = shapes.vision_hidden
-    return 2 * _linear(rows, d, d) + 2 * frames * tokens * tokens * d
-
-
-def layer_keys_flops(shapes: ModelShapes, frames: int, tokens: int | None = None) -> int:
-    """Recomputing one SigLIP layer's keys (``k_proj`` of its ``layer_norm1`` output; the head average is
-    elementwise): the metric of VisionZip and of ToMe."""
-    tokens = shapes.encoder_tokens if tokens is None else tokens
-    return _linear(frames * tokens, shapes.vision_hidden, shapes.vision_hidden)
+    return 2 * frames * tokens * tokens * shapes.vision_hidden
 
 
 def inner_merge_flops(shapes: ModelShapes, visual_tokens: int, prompt_tokens: int, ratio: float) -> dict[str, int]:
     """Stage 3's own work at layer k: the last prompt token's query (q projection) against the
-    layer's ``prompt_tokens`` cached keys, and the cosine similarity of the ``Nv`` visual tokens to the kept ones."""
+    layer's ``prompt_tokens`` cached keys, and the cosine similarity of the ``Nv - keep`` merged visual tokens
+    to the kept ones (only the tokens that merge are scored)."""
     keep = inner_keep_count(visual_tokens, ratio)
     q_width = shapes.heads * shapes.head_dim
     return {
         "inner_scores": _linear(1, shapes.hidden, q_width) + 2 * prompt_tokens * q_width,
-        "inner_assign": 2 * visual_tokens * keep * shapes.hidden,
+        "inner_assign": 2 * (visual_tokens - keep) * keep * shapes.hidden,
     }
 
 
@@ -301,14 +301,14 @@ def earlytom_compression_parts(
     if not config.prune_layers:
         last = len(fpl) - 1
         parts["received_attention"] += received_attention_flops(shapes, fpl[last])
-        parts["frame_similarity"] += frame_similarity_flops(shapes, fpl[last])
+        parts["frame_similarity"] += frame_similarity_flops(shapes, fpl[last], config.max_window)
     else:
         for layer in config.prune_layers:
-            parts["frame_similarity"] += frame_similarity_flops(shapes, fpl[layer])
+            parts["frame_similarity"] += frame_similarity_flops(shapes, fpl[layer], config.max_window)
         last = config.prune_layers[-1]
         after = fpl[last + 1] if last + 1 < len(fpl) else schedule.frames_out
         parts["received_attention"] += received_attention_flops(shapes, fpl[last])
-        parts["frame_similarity"] += frame_similarity_flops(shapes, after)
+        parts["frame_similarity"] += frame_similarity_flops(shapes, after, config.max_window)
     return parts
 
 

@@ -39,7 +39,6 @@ from .flops import (
     ModelShapes,
     decode_step_flops,
     earlytom_compression_parts,
-    layer_keys_flops,
     llm_prefill_flops,
     projector_pooling_flops,
     received_attention_flops,
@@ -141,11 +140,9 @@ def method_compression_parts(
     if plan.attention_layer is not None:
         layer = plan.attention_layer
         add("received_attention", received_attention_flops(shapes, fpl[layer], tpl[layer]))
-    if plan.keys_layer is not None:
-        add("keys", layer_keys_flops(shapes, fpl[plan.keys_layer], tpl[plan.keys_layer]))
+    # Keys (VisionZip's and ToMe's metric) are the layer's own, captured while it runs: averaging is elementwise.
     metric_dim = shapes.vision_hidden // shapes.vision_heads
     for layer in plan.merge_layers:
-        add("keys", layer_keys_flops(shapes, fpl[layer], tpl[layer]))
         if after[layer] < tpl[layer]:
             add("bipartite_matching", tome_matching_flops(fpl[layer], tpl[layer], metric_dim))
     if plan.pooling_head:

@@ -11,7 +11,8 @@ encoder are gone for every later layer.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,19 @@ from ..compression.temporal import compose_sources
 from ..compression.visionzip import pool_grid
 from ..timing import StageTimer
 
-__all__ = ["VideoEncoding", "encode_frames", "encode_videos", "head_averaged_keys", "received_attention", "save_tokens"]
+__all__ = [
+    "VideoEncoding",
+    "attention_received",
+    "capture_projections",
+    "encode_frames",
+    "encode_videos",
+    "head_averaged",
+    "projections_to_heads",
+    "received_attention",
+    "save_tokens",
+]
 
 Segment = tuple[int, int]
-# Bytes of float32 attention probabilities materialised at once when computing the received attention.
-_ATTENTION_CHUNK_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -109,11 +118,73 @@ def save_tokens(encoding: VideoEncoding, path: str | Path) -> dict[str, torch.Te
     return tensors
 
 
-def received_attention(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Attention each token receives in a SigLIP encoder layer: softmax(QK^T) averaged over heads and queries.
+#: Float32 scratch per step of :func:`attention_received`. Below glibc's largest mmap threshold (32 MiB), so
+#: the buffer is recycled from the heap instead of being faulted in afresh at every step.
+_SCRATCH_BYTES = 24 * 2**20
 
-    Only this layer's queries and keys are recomputed (from ``layer_norm1`` and ``q_proj``/``k_proj``);
-    the probabilities are materialised a few frames at a time and reduced at once.
+
+def attention_received(queries: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
+    """``softmax(scale * Q K^T)`` averaged over heads and query positions, per frame, without materialising it.
+
+    Per frame and group of heads: the scores in the inputs' dtype (bf16 scores in a bf16 model, as the
+    reference's eager attention computes them), the softmax in float32 (one fused pass per row), the sum
+    over heads and queries. The float32 scratch is one group's ``[h, S, S]`` probabilities.
+
+    Args:
+        queries, keys: ``[T, H, S, d]`` (any strides with a contiguous last dim).
+        scale: the softmax scale (``d ** -0.5``).
+    Returns:
+        ``[T, S]`` float32.
+    """
+    frames, heads, tokens, _ = queries.shape
+    per_step = max(1, min(heads, _SCRATCH_BYTES // (4 * tokens * tokens)))
+    out = torch.zeros(frames, tokens, dtype=torch.float32, device=queries.device)
+    for frame in range(frames):
+        for head in range(0, heads, per_step):
+            q = queries[frame, head : head + per_step] * scale  # contiguous copy
+            k = keys[frame, head : head + per_step].contiguous()
+            scores = torch.matmul(q, k.transpose(-1, -2))  # [h, S, S] in the inputs' dtype
+            # One fused pass per row (max, exp, sum, divide) in float32, then the column sums.
+            out[frame] += torch.softmax(scores, dim=-1, dtype=torch.float32).sum(dim=(0, 1))
+    return out.div_(heads * tokens)
+
+
+def projections_to_heads(projected: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[T, S, H * d]`` (a ``q_proj`` / ``k_proj`` output) -> ``[T, H, S, d]`` (a view)."""
+    frames, tokens, _ = projected.shape
+    return projected.view(frames, tokens, heads, -1).transpose(1, 2)
+
+
+@contextmanager
+def capture_projections(attention: torch.nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """While active, the outputs of ``attention.q_proj`` and ``attention.k_proj`` land in the yielded dict.
+
+    ``{"q": [T, S, D], "k": [T, S, D]}`` after the layer ran: exactly the projections its attention used.
+    """
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+            captured[name] = output
+
+        return hook
+
+    handles = [
+        attention.q_proj.register_forward_hook(keep("q")),
+        attention.k_proj.register_forward_hook(keep("k")),
+    ]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def received_attention(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Attention each token receives in a SigLIP encoder layer, recomputing its queries and keys.
+
+    The pipeline captures the projections instead (:func:`capture_projections`); this form is for callers
+    that hold only the layer and its input.
 
     Args:
         layer: a ``SiglipEncoderLayer``.
@@ -122,26 +193,16 @@ def received_attention(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Te
         ``[T, S]`` float32.
     """
     attn = layer.self_attn
-    num_frames, num_tokens, _ = hidden.shape
-    heads = attn.num_heads
     x = layer.layer_norm1(hidden)
-    queries = attn.q_proj(x).view(num_frames, num_tokens, heads, -1).transpose(1, 2)
-    keys = attn.k_proj(x).view(num_frames, num_tokens, heads, -1).transpose(1, 2)
-    chunk = max(1, _ATTENTION_CHUNK_BYTES // (4 * heads * num_tokens * num_tokens))
-    out = []
-    for start in range(0, num_frames, chunk):
-        q = queries[start : start + chunk].float() * attn.scale
-        k = keys[start : start + chunk].float()
-        probs = torch.softmax(q @ k.transpose(-1, -2), dim=-1)  # [t, H, S, S]
-        out.append(probs.mean(dim=(1, 2)))
-    return torch.cat(out)
+    queries = projections_to_heads(attn.q_proj(x), attn.num_heads)
+    keys = projections_to_heads(attn.k_proj(x), attn.num_heads)
+    return attention_received(queries, keys, attn.scale)
 
 
-def head_averaged_keys(layer: torch.nn.Module, normed: torch.Tensor) -> torch.Tensor:
-    """A SigLIP layer's keys averaged over heads, ``[T, N, d_head]``, from its ``layer_norm1`` output ``normed``."""
-    attn = layer.self_attn
-    frames, tokens, _ = normed.shape
-    return attn.k_proj(normed).view(frames, tokens, attn.num_heads, -1).mean(dim=2)
+def head_averaged(projected: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[T, N, H * d]`` (a ``k_proj`` output) averaged over heads: ``[T, N, d]`` (VisionZip's and ToMe's metric)."""
+    frames, tokens, _ = projected.shape
+    return projected.view(frames, tokens, heads, -1).mean(dim=2)
 
 
 def _layer_output(output: Any) -> torch.Tensor:
@@ -154,9 +215,10 @@ def _split_layer(
 ) -> torch.Tensor:
     """One SigLIP layer with ``merge(hidden, keys)`` between the attention residual and the MLP (ToMe)."""
     normed = layer.layer_norm1(hidden)
-    attended = layer.self_attn(hidden_states=normed, attention_mask=None)
+    with capture_projections(layer.self_attn) as captured:  # the keys its own attention used
+        attended = layer.self_attn(hidden_states=normed, attention_mask=None)
     hidden = hidden + _layer_output(attended)
-    hidden = merge(hidden, head_averaged_keys(layer, normed))
+    hidden = merge(hidden, head_averaged(captured["k"], layer.self_attn.num_heads))
     return hidden + layer.mlp(layer.layer_norm2(hidden))
 
 
@@ -238,14 +300,25 @@ def encode_videos(
     cuts = {0, len(layers)} | {layer + 1 for layer in hooks | merges} | special
     bounds = sorted(c for c in cuts if 0 <= c <= len(layers))
     for start, stop in zip(bounds, bounds[1:]):
-        if start == plan.attention_layer:
+        first = start
+        if start in (plan.attention_layer, plan.keys_layer) and start not in merges:
+            # This layer's own attention projections are the signals: captured while it runs, not recomputed.
+            attn = layers[start].self_attn
+            with timer.stage("vision_encoder"), capture_projections(attn) as captured:
+                for per_video, n in zip(frames_per_layer, counts):
+                    per_video.append(n)
+                tokens_per_layer.append(int(hidden.shape[1]))
+                hidden = _layer_output(layers[start](hidden, None))
             with timer.stage("compression"):
-                attention = received_attention(layers[start], hidden)
-        if start == plan.keys_layer:
-            with timer.stage("compression"):
-                keys = head_averaged_keys(layers[start], layers[start].layer_norm1(hidden))
+                if start == plan.attention_layer:
+                    queries = projections_to_heads(captured["q"], attn.num_heads)
+                    attention = attention_received(queries, projections_to_heads(captured["k"], attn.num_heads),
+                                                   attn.scale)
+                if start == plan.keys_layer:
+                    keys = head_averaged(captured["k"], attn.num_heads)
+            first = start + 1
         with timer.stage("vision_encoder"):
-            for index in range(start, stop):
+            for index in range(first, stop):
                 for per_video, n in zip(frames_per_layer, counts):
                     per_video.append(n)
                 tokens_per_layer.append(int(hidden.shape[1]))
