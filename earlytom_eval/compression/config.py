@@ -89,6 +89,11 @@ class CompressionConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], **overrides: Any) -> CompressionConfig:
         """Build from a flat mapping plus keyword overrides; unknown keys are an error."""
+        bad_keys = [key for key in values if not isinstance(key, str)]
+        if bad_keys:
+            raise ConfigError(
+                f"config field names must be strings, got {bad_keys[0]!r} (allowed: {', '.join(cls.field_names())})"
+            )
         merged = {**dict(values), **overrides}
         unknown = sorted(set(merged) - set(cls.field_names()))
         if unknown:
@@ -106,10 +111,19 @@ class CompressionConfig:
         if not path.is_file():
             raise ConfigError(f"config file not found: '{path}'")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file '{path}' cannot be read: {_one_line(err)}") from None
+        try:
+            values = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            reason = str(err).splitlines()[0]
-            raise ConfigError(f"config file '{path}' is not valid YAML: {reason}") from None
+            raise ConfigError(_yaml_error(path, err)) from None
+        except (ValueError, RecursionError) as err:  # yaml's constructors raise these on some odd scalars
+            raise ConfigError(f"config file '{path}' is not valid YAML: {_one_line(err)}") from None
+        if values is None:
+            raise ConfigError(
+                f"config file '{path}' is empty (allowed: a flat mapping of config fields, e.g. 'retention: 0.1')"
+            )
         if not isinstance(values, dict):
             raise ConfigError(f"config file '{path}' must hold a flat mapping of fields, got {type(values).__name__}")
         if not values.get("name"):
@@ -195,6 +209,18 @@ def load_config(
 
 
 # ------------------------------------------------------------------------------------ parsing
+def _one_line(err: BaseException | str) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _yaml_error(path: Path, err: Exception) -> str:
+    """One line naming the file, the line and column (1-based, from yaml's ``problem_mark``) and the problem."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f"'{path}'" if mark is None else f"'{path}', line {mark.line + 1}, column {mark.column + 1}"
+    problem = getattr(err, "problem", None) or getattr(err, "context", None) or str(err).splitlines()[0]
+    return f"config file {where} is not valid YAML: {_one_line(problem)}"
+
+
 _INT_FIELDS = {"max_window", "K", "num_frames"}
 _FLOAT_FIELDS = {"retention", "tau", "ema", "D", "beta", "inner_ratio"}
 
@@ -202,7 +228,7 @@ _FLOAT_FIELDS = {"retention", "tau", "ema", "D", "beta", "inner_ratio"}
 def parse_field_value(name: str, text: str) -> Any:
     """Parse a command-line string for field ``name`` (lists use ';' or ',' between items)."""
     if name not in CompressionConfig.field_names():
-        raise ConfigError(f"unknown config field '{name}' (allowed: {', '.join(CompressionConfig.field_names())})")
+        raise ConfigError(f"unknown config field {name!r} (allowed: {', '.join(CompressionConfig.field_names())})")
     text = str(text).strip()
     if name == "prune_layers":
         items = [item for item in text.replace(",", ";").strip("[]").split(";") if item.strip()]

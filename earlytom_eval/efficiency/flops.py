@@ -18,6 +18,7 @@ from transformers import AutoConfig
 from ..compression.config import CompressionConfig
 from ..compression.inner import inner_keep_count
 from ..compression.spatial import dynamic_token_count, effective_retention, static_token_count
+from ..models.checkpoint import check_checkpoint
 from ..models.presets import preset_config
 from ..stages import FLOP_STAGES, PREFILL_FLOP_STAGES
 from .schedules import FrameSchedule
@@ -119,6 +120,7 @@ class ModelShapes:
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> ModelShapes:
+        check_checkpoint(path, weights=False)  # shapes only: config.json must be there and readable
         return cls.from_hf_config(AutoConfig.from_pretrained(str(path)), name=str(path))
 
     def describe(self) -> str:

@@ -35,6 +35,7 @@ from ..compression.temporal import compose_sources
 from ..dtypes import resolve_dtype
 from ..timing import StageTimer
 from . import llm
+from .checkpoint import check_checkpoint
 from .llm import InnerMerge
 
 __all__ = ["EarlyTomLlavaOnevision", "GenerationOutput", "VideoEncoding", "load_model", "received_attention"]
@@ -532,6 +533,7 @@ def load_model(
     from transformers import AutoConfig, AutoProcessor, LlavaOnevisionForConditionalGeneration
 
     cfg = load_config(config, **overrides)
+    check_checkpoint(pretrained)  # a bad local folder: one CheckpointError line, not a transformers traceback
     hf_config = AutoConfig.from_pretrained(str(pretrained))
     if cfg.compresses:
         _check_supported(hf_config)
