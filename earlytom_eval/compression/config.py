@@ -108,7 +108,11 @@ class CompressionConfig:
         import yaml
 
         path = Path(path)
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError as err:  # e.g. a name too long for the file system
+            raise ConfigError(f"config file '{path}' cannot be read: {_one_line(err.strerror or err)}") from None
+        if not found:
             raise ConfigError(f"config file not found: '{path}'")
         try:
             text = path.read_text()

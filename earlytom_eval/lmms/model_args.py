@@ -153,7 +153,10 @@ def build_config(config: Any, overrides: dict[str, Any], max_frames_num: Any) ->
 
 def config_path(value: Any) -> Path:
     """A config YAML path as given, or a name looked up in ``configs/`` (of the working folder, then the repo)."""
-    found = find_config(value)
+    try:
+        found = find_config(value)
+    except (OSError, ValueError):  # a name too long for the file system, a NUL character
+        found = None
     if found is not None:
         return found
     shipped = sorted(p.stem for p in CONFIGS.glob("*.yaml"))

@@ -28,7 +28,7 @@ class CheckpointError(ValueError):
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         self.path = str(path)
         self.reason = " ".join(reason.split())
-        super().__init__(f"checkpoint '{self.path}': {self.reason}")
+        super().__init__(f"checkpoint {self.path!r}: {self.reason}")
 
 
 def looks_local(pretrained: str | os.PathLike) -> bool:
@@ -56,7 +56,15 @@ def check_checkpoint(pretrained: str | os.PathLike, *, weights: bool = True) -> 
     if not looks_local(pretrained):
         return
     shown = os.fspath(pretrained)
-    folder = Path(os.path.expanduser(shown))
+    if "\0" in shown:
+        raise CheckpointError(shown, "not found (a path cannot hold a NUL character)")
+    try:
+        _check_folder(shown, Path(os.path.expanduser(shown)), weights)
+    except OSError as err:  # unreadable files, a name too long for the file system
+        raise CheckpointError(shown, f"cannot be read ({_short(err.strerror or err)})") from None
+
+
+def _check_folder(shown: str, folder: Path, weights: bool) -> None:
     if not folder.exists():
         raise CheckpointError(shown, "not found (no such folder; allowed: a checkpoint folder or a hub id org/name)")
     if not folder.is_dir():
@@ -66,7 +74,7 @@ def check_checkpoint(pretrained: str | os.PathLike, *, weights: bool = True) -> 
         raise CheckpointError(shown, "not a checkpoint (no config.json in the folder)")
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+    except (UnicodeDecodeError, ValueError) as err:
         raise CheckpointError(shown, f"unreadable config.json ({_short(err)})") from None
     if not isinstance(data, dict):
         raise CheckpointError(shown, f"unreadable config.json (a JSON {type(data).__name__}, not an object)")
@@ -81,7 +89,7 @@ def _check_weights(shown: str, folder: Path) -> None:
         if index.is_file():
             try:
                 shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+            except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
                 raise CheckpointError(shown, f"weights missing: unreadable {index_name} ({_short(err)})") from None
             missing = [name for name in shards if not (folder / name).is_file()]
             if missing:
