@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from earlytom_eval.compression.config import load_config
 from earlytom_eval.reproduce import runner as reproduce
@@ -469,3 +471,17 @@ def test_a_second_invocation_runs_nothing_and_a_deleted_cell_runs_alone(smoke):
     after = {p: p.stat().st_mtime_ns for p in runs.rglob("cell.json")}
     assert [p for p in after if after[p] != stamps.get(p)] == [bench / "cell.json"]
     assert (bench / "bench.json").is_file()
+
+
+def test_the_readme_tables_example_reads_the_folder_the_smoke_grid_writes(smoke):
+    runs, _, _, root, _ = smoke
+    lines = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("earlytom-eval tables")]
+    assert lines, "the README shows `earlytom-eval tables`"
+    for line in lines:
+        args = shlex.split(line.split("#")[0])
+        assert args[args.index("--runs") + 1] == yaml.safe_load(SMOKE.read_text())["runs"]  # made by the line above
+    out = root / "readme-tables"
+    proc = subprocess.run([str(REPO / ".venv" / "bin" / "earlytom-eval"), "tables", "--runs", str(runs), "--out",
+                           str(out), "--no-plots"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "4 of 4 cells complete" in (out / "tables.md").read_text()
