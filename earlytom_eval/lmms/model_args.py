@@ -84,7 +84,8 @@ def parse_model_args(
     """Check every argument; raise one line (see the module docstring) on the first bad one.
 
     ``processes`` / ``local_index``: accelerate's data-parallel processes (each takes its own GPU).
-    A local ``pretrained`` folder is checked too (:func:`check_checkpoint`); hub ids are left to transformers.
+    A local ``pretrained`` folder is checked too (:func:`check_checkpoint`, its weight files later, by the
+    loader); hub ids are left to transformers.
     """
     unknown = sorted(set(overrides) - set(OVERRIDABLE), key=str)
     if unknown:
@@ -119,7 +120,7 @@ def parse_model_args(
     if device.startswith("cuda") and not cuda_available():
         raise ValueError(f"{MODEL_ID}: device {device!r} requested but CUDA is not available (allowed here: cpu)")
     pretrained = str(pretrained)
-    check_checkpoint(pretrained)
+    check_checkpoint(pretrained, weights=False)  # the weight files are checked by load_model, after the config
     return ModelArgs(pretrained=pretrained, config=cfg, device=device, dtype=dtype, attn_implementation=attention,
                      device_map=device_map, video_backend=str(video_backend), batch_size=batch, warmup=warm)
 

@@ -533,13 +533,14 @@ def load_model(
     from transformers import AutoConfig, AutoProcessor, LlavaOnevisionForConditionalGeneration
 
     cfg = load_config(config, **overrides)
-    check_checkpoint(pretrained)  # a bad local folder: one CheckpointError line, not a transformers traceback
+    check_checkpoint(pretrained, weights=False)  # a bad local folder: one line, not a transformers traceback
     hf_config = AutoConfig.from_pretrained(str(pretrained))
     if cfg.compresses:
         _check_supported(hf_config)
     cfg.check_encoder_depth(_feature_layer_depth(hf_config))
     cfg.check_llm_depth(hf_config.text_config.num_hidden_layers)
 
+    check_checkpoint(pretrained)  # config checks first, then the weight files: present and whole
     torch_dtype = dtype if dtype is None or dtype == "auto" else resolve_dtype(dtype)
     kwargs: dict[str, Any] = {"attn_implementation": attn_implementation}
     if torch_dtype is not None:
