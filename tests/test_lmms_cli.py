@@ -4,7 +4,8 @@ runs our tasks (chat requests for the chat model, simple ones with `--force_simp
 it does; frames repeated for a short clip give one warning per run.
 
 Every lmms-eval start costs 10-20 s, so all runs of the module start in one fixture, two at a time (the
-other kinds of broken checkpoint, a missing weights file among them, are in tests/test_errors.py).
+other kinds of broken checkpoint, an empty folder and a missing weights file among them, are in
+tests/test_errors.py).
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ BAD_MODEL_ARGS = {
 #: pretrained folder (made in the fixture) -> the start of the one line.
 BAD_CHECKPOINTS = {
     "not_found": "error: checkpoint '{path}': not found (no such folder",
-    "empty_folder": "error: checkpoint '{path}': not a checkpoint (no config.json in the folder)",
     "corrupt_config": "error: checkpoint '{path}': unreadable config.json (",
     "truncated_weights": "error: checkpoint '{path}': weights truncated or corrupt: model.safetensors has ",
 }
@@ -95,7 +95,6 @@ def runs(tiny_checkpoint, tmp_path_factory):
     data = _readable_data(root)
     (root / "empty.yaml").write_text("")
     checkpoints = {name: root / "ckpt" / name for name in BAD_CHECKPOINTS}
-    checkpoints["empty_folder"].mkdir(parents=True)
     for name in ("corrupt_config", "truncated_weights"):
         shutil.copytree(tiny_checkpoint, checkpoints[name])
     (checkpoints["corrupt_config"] / "config.json").write_text('{"model_type": "llava_onevision",')
@@ -103,7 +102,7 @@ def runs(tiny_checkpoint, tmp_path_factory):
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
 
     base = {"pretrained": str(tiny_checkpoint), "config": str(REPO / "configs" / "full.yaml"),
-            "max_frames_num": str(FRAMES), "device": "cpu", "dtype": "float32"}
+            "max_frames_num": str(FRAMES), "device": "cpu", "dtype": "float32", "warmup": "0"}
     hf = {"pretrained": str(tiny_checkpoint), "max_frames_num": str(FRAMES), "device": "cpu", "device_map": "cpu",
           "dtype": "float32"}
     commands: dict[str, list[str]] = {}
