@@ -24,6 +24,7 @@ from .efficiency.schema import ATTENTION_MODES, BASIS
 from .environment import collect, render
 from .lmms.manifest import MODEL_ID
 from .lmms.smoke_data import SMOKE_TASK, SmokeCheckError, check_run, smoke_documents, write_smoke_data
+from .models.checkpoint import CheckpointError
 from .models.llava_ov import load_model
 from .models.presets import PRESET_NAMES, write_checkpoint
 from .paths import CONFIGS
@@ -43,8 +44,9 @@ def _parse_assignments(items: Sequence[str]) -> dict[str, str]:
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"error: --set expects FIELD=VALUE, got {item!r}")
+        if not sep or not key.strip():
+            print(f"error: --set expects FIELD=VALUE (e.g. --set retention=0.25), got {item!r}", file=sys.stderr)
+            raise SystemExit(2)  # a usage error, as argparse's
         out[key.strip()] = value
     return out
 
@@ -292,9 +294,16 @@ def _cmd_tables(args: argparse.Namespace) -> int:
     from .report.tables import aggregate
 
     if not args.runs.is_dir():
-        print(f"error: runs folder {args.runs} does not exist", file=sys.stderr)
+        what = "is not a folder" if args.runs.exists() else "does not exist"
+        print(f"error: runs folder {args.runs} {what} (allowed: a folder holding lmms-eval runs or bench reports, "
+              "e.g. results/smoke/reproduce after `make reproduce-tables GRID=configs/grids/smoke.yaml`)",
+              file=sys.stderr)
         return 2
     result = aggregate(args.runs, average=args.average or None, label=args.label)
+    if not result.cells and not result.bench_runs:
+        print(f"error: runs folder {args.runs} holds no lmms-eval run (*_results.json) and no bench report "
+              "(bench.json); nothing to aggregate", file=sys.stderr)
+        return 2
     write_tables(result, args.out, plots=not args.no_plots, title=args.title)
     summary = Path(args.out) / "tables.md"
     if args.print:
@@ -597,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, VideoLoadError) as err:
+    except (ConfigError, VideoLoadError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -131,7 +131,7 @@ def load_video(path, num_frames: int, backend: str = "auto") -> VideoFrames:
     _check_file(path_str)
 
     if backend == "pyav":
-        return _load_pyav(path_str, num_frames)
+        return _repeat_warning(_load_pyav(path_str, num_frames), num_frames)
 
     # decord is a native library with few guard rails; it has been known to
     # abort or crash the interpreter on some malformed inputs instead of
@@ -143,28 +143,66 @@ def load_video(path, num_frames: int, backend: str = "auto") -> VideoFrames:
     _probe_container(path_str)
 
     if backend == "decord":
-        return _load_decord(path_str, num_frames)
+        return _repeat_warning(_load_decord(path_str, num_frames), num_frames)
 
     if backend == "cv2":
-        return _load_cv2(path_str, num_frames)
+        return _repeat_warning(_load_cv2(path_str, num_frames), num_frames)
 
     # auto: any decord problem (not installed, cannot open/read, reports zero
     # frames) is handed to PyAV, which decodes and gives the final verdict;
     # without PyAV, OpenCV does (machines with neither decord nor PyAV).
     try:
-        return _load_decord(path_str, num_frames)
-    except Exception:
+        return _repeat_warning(_load_decord(path_str, num_frames), num_frames)
+    except Exception as exc:
         logger.debug("decord failed on %r, falling back to PyAV", path_str, exc_info=True)
+        decord_error = exc
     try:
-        return _load_pyav(path_str, num_frames)
+        video = _load_pyav(path_str, num_frames)
     except ImportError:
         logger.debug("PyAV is not installed, falling back to OpenCV for %r", path_str)
-    try:
-        return _load_cv2(path_str, num_frames)
-    except ImportError:
-        raise VideoLoadError(
-            path_str, "no video decoder installed (install decord, av or opencv-python-headless)"
-        ) from None
+        try:
+            video = _load_cv2(path_str, num_frames)
+        except ImportError:
+            raise VideoLoadError(
+                path_str, "no video decoder installed (install decord, av or opencv-python-headless)"
+            ) from None
+        _fallback_warning(path_str, decord_error, "OpenCV")
+        return _repeat_warning(video, num_frames)
+    _fallback_warning(path_str, decord_error)
+    return _repeat_warning(video, num_frames)
+
+
+#: What was already warned about in this process (warnings are once per file / once per run, not per video).
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        logger.warning(message)
+
+
+def _fallback_warning(path: str, error: BaseException, backend: str = "PyAV") -> None:
+    """The auto backend read ``path`` with ``backend`` after decord failed: one warning per file."""
+    if isinstance(error, ImportError):
+        _warn_once(f"decord-missing:{backend}",
+                   f"decord is not installed: videos are read with {backend} (backend auto)")
+        return
+    reason = error.reason if isinstance(error, VideoLoadError) else _short_reason(error)
+    _warn_once(f"fallback:{os.path.abspath(path)}",
+               f"decord cannot read video {path!r} ({reason}); read it with {backend} instead (backend auto)")
+
+
+def _repeat_warning(video: VideoFrames, num_frames: int) -> VideoFrames:
+    """One warning per run when more frames are sampled than a clip has (uniform sampling repeats frames)."""
+    if num_frames > video.total_frames:
+        _warn_once(
+            "repeated-frames",
+            f"video {video.path!r} has {video.total_frames} frames but {num_frames} are sampled: frames are "
+            "repeated (uniform sampling, as lmms-eval's own models do); lower max_frames_num / num_frames to avoid "
+            "it. Shown once per run.",
+        )
+    return video
 
 
 def _check_file(path: str) -> None:

@@ -23,7 +23,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lmms_eval.api.task import ConfigurableTask
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.task import ConfigurableMessagesTask, ConfigurableTask
 from lmms_eval.tasks.mlvu.utils import mlvu_aggregate_results_dev, mlvu_doc_to_text, mlvu_process_results
 from lmms_eval.tasks.videomme.utils import (
     videomme_aggregate_results,
@@ -40,6 +41,7 @@ from earlytom_eval.lmms.datasets import (
     downloads_allowed,
     find_video,
 )
+from earlytom_eval.lmms.run_context import lmms_task_type
 
 TASKS_DIR = Path(__file__).resolve().parent
 
@@ -59,17 +61,26 @@ __all__ = [
 _LOCAL_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 
 
-class EarlyTomVideoTask(ConfigurableTask):
-    """A ConfigurableTask whose data location comes from :mod:`earlytom_eval.lmms.datasets`.
+class EarlyTomVideoTask(ConfigurableMessagesTask):
+    """An lmms-eval task whose data location comes from :mod:`earlytom_eval.lmms.datasets`.
 
     The YAML names the dataset in ``metadata: {earlytom_data: videomme | mlvu_dev | earlytom_smoke}``.
+    Requests follow the model: chat models (lmms-eval's default ``llava_hf``, ``qwen3_vl``, ...) get
+    ``ConfigurableMessagesTask``'s ``doc_to_messages`` requests, simple models (ours, ``--force_simple``)
+    ``ConfigurableTask``'s ``doc_to_visual`` ones, as lmms-eval's own YAML-only tasks do.
     """
 
     def __init__(self, *args: Any, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if config is not None:
             config = dict(config)
             config.pop("class", None)
+        self.chat = lmms_task_type() == "chat"
         super().__init__(*args, config=config, **kwargs)
+
+    def construct_requests(self, doc_id: int, ctx: str, **kwargs: Any) -> list[Instance] | Instance:
+        if self.chat:
+            return ConfigurableMessagesTask.construct_requests(self, doc_id, ctx, **kwargs)
+        return ConfigurableTask.construct_requests(self, doc_id, ctx, **kwargs)
 
     def download(self, dataset_kwargs: dict[str, Any] | None = None) -> None:
         metadata = self.config.metadata if isinstance(self.config.metadata, dict) else {}

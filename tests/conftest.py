@@ -26,3 +26,11 @@ def tiny():
     return EarlyTomLlavaOnevision(
         build_model("tiny", seed=0), build_processor("tiny"), CompressionConfig(method="full")
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny random-initialised checkpoint on disk (`earlytom-eval checkpoint --preset tiny`), one per session."""
+    from earlytom_eval.models.presets import write_checkpoint
+
+    return write_checkpoint("tiny", tmp_path_factory.mktemp("tiny-ckpt") / "tiny-ov", seed=0)

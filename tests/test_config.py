@@ -99,9 +99,11 @@ def test_from_yaml_name_in_file_and_overrides_win(tmp_path):
     assert cfg.prune_layers == (8, 21, 23)
 
 
-def test_from_yaml_empty_file_gives_defaults(tmp_path):
-    cfg = CompressionConfig.from_yaml(_write(tmp_path, ""))
-    assert cfg.replace(name="x") == CompressionConfig(name="x")
+def test_from_yaml_empty_file_is_an_error(tmp_path):
+    for text in ("", "\n\n", "# only a comment\n"):
+        with pytest.raises(ConfigError) as info:
+            CompressionConfig.from_yaml(_write(tmp_path, text))
+        assert "is empty" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_from_yaml_missing_file(tmp_path):

@@ -98,10 +98,15 @@ def test_task_names_resolve(task_manager):
 
 
 # ---------------------------------------------------------------------------------- model args
-def _model(**kwargs):
-    from earlytom_eval.lmms.model import EarlyTomLlavaOV
+_DEFAULTS = dict(pretrained="unused", config=None, max_frames_num=None, device="cpu", dtype="auto",
+                 attn_implementation="sdpa", device_map=None, video_backend="auto", batch_size=1, warmup=1)
 
-    return EarlyTomLlavaOV(**kwargs)
+
+def _parse(**kwargs):
+    from earlytom_eval.lmms.model_args import parse_model_args
+
+    known = {**_DEFAULTS, **{k: v for k, v in kwargs.items() if k in _DEFAULTS}}
+    return parse_model_args(**known, overrides={k: v for k, v in kwargs.items() if k not in _DEFAULTS})
 
 
 @pytest.mark.parametrize(
@@ -119,14 +124,24 @@ def _model(**kwargs):
 )
 def test_bad_model_args_are_one_line_errors(kwargs, message):
     with pytest.raises((ValueError, ConfigError)) as info:
-        _model(pretrained="unused", **kwargs)
+        _parse(**kwargs)
     text = str(info.value)
     assert message in text
     assert "\n" not in text
 
 
+def test_the_wrapper_turns_bad_model_args_into_one_line_and_exit_2(capsys):
+    from earlytom_eval.lmms.model import EarlyTomLlavaOV
+
+    with pytest.raises(SystemExit) as info:
+        EarlyTomLlavaOV(pretrained="unused", dtype="fp8")
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and err[0].startswith("error: earlytom_llava_ov: invalid dtype 'fp8' (allowed: auto")
+
+
 def test_config_from_path_name_and_overrides():
-    from earlytom_eval.lmms.model import _build_config
+    from earlytom_eval.lmms.model_args import build_config as _build_config
 
     cfg = _build_config("configs/earlytom_r0.10.yaml", {"retention": 0.15, "tau": 0.4, "prune_layers": "8;21;23"}, 16)
     assert (cfg.retention, cfg.tau, cfg.prune_layers, cfg.num_frames) == (0.15, 0.4, (8, 21, 23), 16)
@@ -141,8 +156,10 @@ def test_config_from_path_name_and_overrides():
 # ---------------------------------------------------------------------------------- generation
 @pytest.fixture(scope="module")
 def wrapper(checkpoint, tmp_path_factory):
+    from earlytom_eval.lmms.model import EarlyTomLlavaOV
+
     log = tmp_path_factory.mktemp("eff") / "efficiency.jsonl"
-    return _model(
+    return EarlyTomLlavaOV(
         pretrained=str(checkpoint),
         config="configs/earlytom_r0.10.yaml",
         max_frames_num=4,

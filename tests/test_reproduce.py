@@ -13,13 +13,18 @@ import csv
 import io
 import json
 import os
+import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from earlytom_eval.compression.config import METHODS, load_config
 from earlytom_eval.compression.registry import registered_methods
@@ -207,6 +212,10 @@ else:
                          "transformers": "t", "attention_kernel": "sdpa"}, "created_utc": "2026"}
     report = build_report(configs, records, shapes, meta=meta)
     (folder / "bench.json").write_text(json.dumps(report))
+if os.environ.get("FAKE_LINGER") and os.environ["FAKE_LINGER"] in str(folder):
+    import time
+    (folder / "finished").write_text("")  # every output is written; the tool has not exited yet
+    time.sleep(120)
 '''
 
 
@@ -219,6 +228,7 @@ def fake_grid(tmp_path, monkeypatch):
     calls.touch()
     monkeypatch.setenv("FAKE_CALLS", str(calls))
     monkeypatch.delenv("FAKE_FAIL", raising=False)
+    monkeypatch.delenv("FAKE_LINGER", raising=False)
     for name in list(os.environ):
         if name.startswith("EARLYTOM_"):
             monkeypatch.delenv(name)
@@ -334,6 +344,108 @@ def test_dry_run_plans_without_running(fake_grid):
     status, out, ran = _run(grid_file, runs, dry_run=True)
     assert (status, ran) == (0, []) and out.count("would run") == len(_runnable(grid_file, runs))
     assert not any(runs.rglob("cell.json"))
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a parent that does not reap it is not)."""
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _wait_for(predicate, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+RUNNER = r'''
+import sys
+from pathlib import Path
+from earlytom_eval.reproduce import runner
+from earlytom_eval.reproduce.grid import load_grid
+
+fake, grid_file, runs = sys.argv[1:4]
+runner.eval_command = runner.bench_command = lambda cell: [sys.executable, fake, str(cell.folder)]
+sys.exit(runner.run_grid(load_grid(grid_file, runs=Path(runs), tables=Path(runs).parent / "tables")))
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl PR_SET_PDEATHSIG is Linux's")
+def test_a_runner_killed_with_sigkill_takes_its_tool_with_it(fake_grid, tmp_path):
+    grid_file, runs, _ = fake_grid
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER)
+    env = {**os.environ, "FAKE_LINGER": "/"}
+    runner = subprocess.Popen([sys.executable, str(script), str(tmp_path / "fake.py"), str(grid_file), str(runs)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for(lambda: any(runs.rglob("finished")), 120), "the first cell never started"
+        (pid_file,) = list(runs.rglob(reproduce.PID_FILE))
+        pid = int(pid_file.read_text())
+        assert _alive(pid)
+        runner.kill()
+        runner.wait()
+        assert _wait_for(lambda: not _alive(pid), 10), f"tool {pid} outlived its runner"
+    finally:
+        runner.kill()
+
+
+def test_the_next_run_stops_an_orphaned_tool_before_running_its_cell_and_nothing_else(fake_grid):
+    grid_file, runs, _ = fake_grid
+    folder = runs / "tiny-ov" / "earlytom_smoke" / "full"
+    other = runs / "tiny-ov" / "earlytom_smoke" / "earlytom_r0.10"
+    folder.mkdir(parents=True)
+    other.mkdir(parents=True)
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(folder)],
+                              start_new_session=True)  # as a tool whose runner died without taking it along
+    try:
+        (folder / reproduce.PID_FILE).write_text(f"{orphan.pid}\n")
+        (other / reproduce.PID_FILE).write_text(f"{os.getpid()}\n")  # this test process: not that cell's tool
+        status, out, ran = _run(grid_file, runs)
+        assert status == 0 and len(ran) == 5, out
+        assert f"stopping {orphan.pid}, still running in {folder} from a runner that was killed" in out
+        assert out.count("stopping") == 1
+        assert orphan.wait(timeout=10) is not None
+        assert not any(runs.rglob(reproduce.PID_FILE))
+    finally:
+        orphan.kill()
+        orphan.wait()
+
+
+def test_a_cell_finished_before_an_interrupt_is_kept_and_says_complete(fake_grid, monkeypatch):
+    grid_file, runs, _ = fake_grid
+    monkeypatch.setenv("FAKE_LINGER", "earlytom_r0.10")
+    cell = runs / "tiny-ov" / "earlytom_smoke" / "earlytom_r0.10"
+
+    def interrupt_when_finished() -> None:
+        if _wait_for(lambda: (cell / "finished").exists(), 120):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the tool lingers after writing everything
+
+    watcher = threading.Thread(target=interrupt_when_finished, daemon=True)
+    watcher.start()
+    status, out, ran = _run(grid_file, runs)
+    watcher.join()
+    assert status == 130 and "interrupted: finished cells are kept" in out
+    record = json.loads((cell / "cell.json").read_text())
+    assert record["state"] == "complete" and record["problems"] == []
+    # A complete cell whose record says otherwise (as an older runner left them) is settled by the next run.
+    earlier = [p for p in runs.rglob("cell.json") if p.parent != cell]
+    assert earlier, "a cell ran before the interrupted one"
+    first = earlier[0]
+    path = first.parent / "cell.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "state": "interrupted", "problems": ["interrupted"]}))
+    monkeypatch.delenv("FAKE_LINGER")
+    status, out, ran = _run(grid_file, runs)
+    assert status == 0 and ran and "earlytom_r0.10" not in ran, out  # kept; the cells after it run
+    assert first.parent.name not in ran
+    settled = json.loads(path.read_text())
+    assert settled["state"] == "complete" and settled["problems"] == [] and settled["settled_from"] == "interrupted"
 
 
 # ------------------------------------------------------------------------------------ the real smoke grid
@@ -462,3 +574,17 @@ def test_a_second_invocation_runs_nothing_and_a_deleted_cell_runs_alone(smoke):
     after = {p: p.stat().st_mtime_ns for p in runs.rglob("cell.json")}
     assert [p for p in after if after[p] != stamps.get(p)] == [bench / "cell.json"]
     assert (bench / "bench.json").is_file()
+
+
+def test_the_readme_tables_example_reads_the_folder_the_smoke_grid_writes(smoke):
+    runs, _, _, root, _ = smoke
+    lines = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("earlytom-eval tables")]
+    assert lines, "the README shows `earlytom-eval tables`"
+    for line in lines:
+        args = shlex.split(line.split("#")[0])
+        assert args[args.index("--runs") + 1] == yaml.safe_load(SMOKE.read_text())["runs"]  # made by the line above
+    out = root / "readme-tables"
+    proc = subprocess.run([str(REPO / ".venv" / "bin" / "earlytom-eval"), "tables", "--runs", str(runs), "--out",
+                           str(out), "--no-plots"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "4 of 4 cells complete" in (out / "tables.md").read_text()

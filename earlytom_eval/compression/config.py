@@ -170,6 +170,11 @@ class CompressionConfig:
 
         For a peer method, the keys of its parameter class (:mod:`.params`) go to ``params``.
         """
+        bad_keys = [key for key in values if not isinstance(key, str)]
+        if bad_keys:
+            raise ConfigError(
+                f"config field names must be strings, got {bad_keys[0]!r} (allowed: {', '.join(cls.field_names())})"
+            )
         merged = {**dict(values), **overrides}
         method = merged.get("method", "earlytom")
         if not isinstance(method, str) or method not in METHODS:
@@ -183,13 +188,26 @@ class CompressionConfig:
         import yaml
 
         path = Path(path)
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError as err:  # e.g. a name too long for the file system
+            raise ConfigError(f"config file '{path}' cannot be read: {_one_line(err.strerror or err)}") from None
+        if not found:
             raise ConfigError(f"config file not found: '{path}'")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file '{path}' cannot be read: {_one_line(err)}") from None
+        try:
+            values = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            reason = str(err).splitlines()[0]
-            raise ConfigError(f"config file '{path}' is not valid YAML: {reason}") from None
+            raise ConfigError(_yaml_error(path, err)) from None
+        except (ValueError, RecursionError) as err:  # yaml's constructors raise these on some odd scalars
+            raise ConfigError(f"config file '{path}' is not valid YAML: {_one_line(err)}") from None
+        if values is None:
+            raise ConfigError(
+                f"config file '{path}' is empty (allowed: a flat mapping of config fields, e.g. 'retention: 0.1')"
+            )
         if not isinstance(values, dict):
             raise ConfigError(f"config file '{path}' must hold a flat mapping of fields, got {type(values).__name__}")
         if not values.get("name"):
@@ -297,6 +315,18 @@ def load_config(
 
 
 # ------------------------------------------------------------------------------------ parsing
+def _one_line(err: BaseException | str) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _yaml_error(path: Path, err: Exception) -> str:
+    """One line naming the file, the line and column (1-based, from yaml's ``problem_mark``) and the problem."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f"'{path}'" if mark is None else f"'{path}', line {mark.line + 1}, column {mark.column + 1}"
+    problem = getattr(err, "problem", None) or getattr(err, "context", None) or str(err).splitlines()[0]
+    return f"config file {where} is not valid YAML: {_one_line(problem)}"
+
+
 _INT_FIELDS = {"max_window", "K", "num_frames"}
 _FLOAT_FIELDS = {"retention", "tau", "ema", "D", "beta", "inner_ratio"}
 

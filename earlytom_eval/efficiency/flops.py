@@ -19,6 +19,7 @@ from ..compression.config import CompressionConfig, ModelFacts
 from ..compression.inner import inner_keep_count
 from ..compression.spatial import dynamic_token_count, effective_retention, static_token_count
 from ..compression.temporal import similarity_blocks, similarity_offset
+from ..models.checkpoint import check_checkpoint
 from ..models.presets import preset_config
 from ..stages import FLOP_STAGES
 from .schedules import FrameSchedule
@@ -120,6 +121,7 @@ class ModelShapes:
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> ModelShapes:
+        check_checkpoint(path, weights=False)  # shapes only: config.json must be there and readable
         return cls.from_hf_config(AutoConfig.from_pretrained(str(path)), name=str(path))
 
     def facts(self) -> ModelFacts:

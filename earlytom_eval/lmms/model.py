@@ -23,40 +23,20 @@ from loguru import logger
 from PIL import Image
 from tqdm import tqdm
 
-from ..compression.config import CompressionConfig, ConfigError, load_config, parse_field_value
-from ..dtypes import ALLOWED as DTYPE_NAMES
 from ..efficiency.memory import PeakMemory
 from ..models.llava_ov import load_model
 from ..models.presets import HUB_IDS
-from ..paths import CONFIGS, find_config
 from ..stages import STAGES
-from ..video import BACKENDS, VideoLoadError, load_video
+from ..video import VideoLoadError, load_video
 from .efficiency_log import EfficiencyLog, default_log_path
 from .manifest import MODEL_ID
+from .model_args import exit_on_bad_input, parse_model_args
 from .run_context import lmms_run_context
 from .task_check import check_tasks
 
-__all__ = ["DEFAULT_PRETRAINED", "EarlyTomLlavaOV", "MODEL_ARGS"]
+__all__ = ["DEFAULT_PRETRAINED", "EarlyTomLlavaOV"]
 
 DEFAULT_PRETRAINED = HUB_IDS["7b"]
-#: Model arguments besides the config fields (``batch_size``, ``max_batch_size`` come from lmms-eval).
-MODEL_ARGS = (
-    "pretrained",
-    "config",
-    "max_frames_num",
-    "device",
-    "dtype",
-    "attn_implementation",
-    "device_map",
-    "video_backend",
-    "efficiency_log",
-    "warmup",
-    "batch_size",
-    "max_batch_size",
-)
-_OVERRIDABLE = tuple(f for f in CompressionConfig.all_field_names() if f != "description")
-_DTYPES = ("auto", *DTYPE_NAMES)
-_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 _OFF = ("off", "none", "false", "no", "0")
 
 
@@ -82,59 +62,38 @@ class EarlyTomLlavaOV(lmms):
         **overrides: Any,
     ) -> None:
         super().__init__()
-        # 1. Arguments: everything is checked before data or weights are touched.
-        unknown = sorted(set(overrides) - set(_OVERRIDABLE))
-        if unknown:
-            raise ValueError(
-                f"{MODEL_ID}: unknown model_args key(s) {', '.join(map(repr, unknown))} "
-                f"(allowed: {', '.join(MODEL_ARGS[:-2])}, and config fields {', '.join(_OVERRIDABLE)})"
-            )
-        self.config = _build_config(config, overrides, max_frames_num)
-        self.batch_size_per_gpu = _int_at_least("batch_size", batch_size, 1)
-        dtype = str(dtype)
-        if dtype not in _DTYPES:
-            raise ValueError(f"{MODEL_ID}: invalid dtype {dtype!r} (allowed: {', '.join(_DTYPES)})")
-        if str(attn_implementation) not in _ATTENTION and "/" not in str(attn_implementation):
-            raise ValueError(
-                f"{MODEL_ID}: invalid attn_implementation {attn_implementation!r} "
-                f"(allowed: {', '.join(_ATTENTION)}, or a hub kernel 'org/repo')"
-            )
-        if video_backend not in BACKENDS:
-            raise ValueError(f"{MODEL_ID}: invalid video_backend {video_backend!r} (allowed: {', '.join(BACKENDS)})")
-        self.video_backend = video_backend
-        self.pretrained = str(pretrained)
-        self._warmup = _int_at_least("warmup", warmup, 0)
-
         accelerator = Accelerator()
         self.accelerator = accelerator
-        device_map = None if device_map in (None, "", False) else str(device_map)
-        if accelerator.num_processes > 1:
-            if device_map is not None:
-                raise ValueError(
-                    f"{MODEL_ID}: device_map={device_map} splits one model over several GPUs and cannot be combined "
-                    "with data parallelism (accelerate launch --num_processes > 1); use one process for device_map"
-                )
-            device = f"cuda:{accelerator.local_process_index}" if torch.cuda.is_available() else "cpu"
-            self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
-        else:
-            device = str(device) if device else ("cuda" if torch.cuda.is_available() else "cpu")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"{MODEL_ID}: device {device!r} requested but CUDA is not available (use device=cpu)")
+        with exit_on_bad_input():  # bad input: its one line and exit status 2 (lmms-eval would exit 0)
+            # 1. Arguments: everything is checked before data or weights are touched.
+            args = parse_model_args(
+                pretrained=pretrained, config=config, max_frames_num=max_frames_num, device=device, dtype=dtype,
+                attn_implementation=attn_implementation, device_map=device_map, video_backend=video_backend,
+                batch_size=batch_size, warmup=warmup, overrides=overrides, processes=accelerator.num_processes,
+                local_index=accelerator.local_process_index,
+            )
+            self.config = args.config
+            self.batch_size_per_gpu = args.batch_size
+            self.video_backend = args.video_backend
+            self.pretrained = args.pretrained
+            self._warmup = args.warmup
+            if accelerator.num_processes > 1:
+                self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
 
-        # 2. The run's data, before any weights load (lmms-eval builds the model before it reads tasks).
-        self._run = lmms_run_context()
-        if self._run.tasks is not None and self._run.task_manager is not None:
-            check_tasks(self._run.tasks, self._run.task_manager)
+            # 2. The run's data, before any weights load (lmms-eval builds the model before it reads tasks).
+            self._run = lmms_run_context()
+            if self._run.tasks is not None and self._run.task_manager is not None:
+                check_tasks(self._run.tasks, self._run.task_manager)
 
-        # 3. The model.
-        self._et = load_model(
-            self.pretrained,
-            self.config,
-            device=None if device_map is not None else device,
-            dtype=dtype,
-            attn_implementation=str(attn_implementation),
-            device_map=device_map,
-        )
+            # 3. The model (config.json is read and checked against the config before the weights load).
+            self._et = load_model(
+                self.pretrained,
+                self.config,
+                device=None if args.device_map is not None else args.device,
+                dtype=args.dtype,
+                attn_implementation=args.attn_implementation,
+                device_map=args.device_map,
+            )
         self._device = self._et.device
         cuda_devices = sorted({p.device for p in self._et.model.parameters() if p.device.type == "cuda"}, key=str)
         self._memory = PeakMemory(cuda_devices, reset_cpu=False)  # CPU: the process's high-water mark
@@ -396,46 +355,6 @@ class _Item:
     video_load_ms: float = 0.0
     preprocess_ms: float = 0.0
     error: str | None = None
-
-
-def _build_config(config: Any, overrides: dict[str, Any], max_frames_num: Any) -> CompressionConfig:
-    assignments = {key: _as_text(value) for key, value in overrides.items()}
-    if max_frames_num is not None:
-        frames = str(_int_at_least("max_frames_num", max_frames_num, 1))
-        if "num_frames" in assignments and parse_field_value("num_frames", assignments["num_frames"]) != int(frames):
-            raise ConfigError(
-                f"max_frames_num={frames} and num_frames={assignments['num_frames']} disagree (give one of them)"
-            )
-        assignments["num_frames"] = frames
-    base = load_config(_config_path(config)) if config not in (None, "") else CompressionConfig()
-    return base.with_overrides(assignments) if assignments else base
-
-
-def _config_path(value: Any) -> Path:
-    """A config YAML path as given, or a name looked up in ``configs/`` (of the working folder, then the repo)."""
-    found = find_config(value)
-    if found is not None:
-        return found
-    shipped = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
-    hint = f" or a name from configs/: {', '.join(shipped)}" if shipped else ""
-    raise ConfigError(f"config file not found: '{value}' (allowed: a YAML path{hint})")
-
-
-def _as_text(value: Any) -> str:
-    """lmms-eval turns ``8`` into 8 and ``0.15`` into 0.15; configs parse strings."""
-    if isinstance(value, float) and value.is_integer():
-        return repr(value)
-    return str(value)
-
-
-def _int_at_least(name: str, value: Any, minimum: int) -> int:
-    try:
-        number = int(str(value))
-    except ValueError:
-        number = minimum - 1
-    if number < minimum:
-        raise ValueError(f"{MODEL_ID}: invalid {name} {value!r} (allowed: an integer >= {minimum})")
-    return number
 
 
 def _generation_settings(gen_kwargs: Any, task: str) -> tuple[int, list[str]]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RunContext", "lmms_run_context"]
+__all__ = ["RunContext", "lmms_run_context", "lmms_task_type"]
 
 
 @dataclass
@@ -87,3 +87,25 @@ def _argv_value(argv: Sequence[str], flag: str) -> str | None:
         if arg.startswith(flag + "="):
             return arg.split("=", 1)[1]
     return None
+
+
+def lmms_task_type(default: str = "simple") -> str:
+    """Whether lmms-eval is building tasks for a ``"simple"`` or a ``"chat"`` model.
+
+    lmms-eval picks ``ConfigurableTask`` (simple models: ``(context, gen_kwargs, doc_to_visual, ...)``
+    requests) or ``ConfigurableMessagesTask`` (chat models: ``(context, doc_to_messages, gen_kwargs, ...)``)
+    from the model's ``is_simple``, but a task with its own ``class:`` is built without being told which;
+    the ``task_type`` of ``TaskManager._load_individual_task_or_group`` on the call stack says it.
+    ``default`` when the task is built some other way.
+    """
+    frame = sys._getframe(1)
+    try:
+        while frame is not None:
+            code = frame.f_code
+            if code.co_name == "_load_individual_task_or_group" and "lmms_eval" in code.co_filename.replace("\\", "/"):
+                value = frame.f_locals.get("task_type")
+                return value if value in ("simple", "chat") else default
+            frame = frame.f_back
+    finally:
+        del frame
+    return default

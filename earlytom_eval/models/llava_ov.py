@@ -35,6 +35,7 @@ from ..compression.registry import build_method
 from ..dtypes import resolve_dtype
 from ..timing import StageTimer
 from . import compat, llm
+from .checkpoint import check_checkpoint
 from .encoder import NULL_TIMER, VideoEncoding, encode_videos, received_attention
 
 __all__ = [
@@ -483,9 +484,11 @@ def load_model(
     from transformers import AutoConfig, AutoProcessor, LlavaOnevisionForConditionalGeneration
 
     cfg = load_config(config, **overrides)
+    check_checkpoint(pretrained, weights=False)  # a bad local folder: one line, not a transformers traceback
     hf_config = AutoConfig.from_pretrained(str(pretrained))
     checked_method(cfg, hf_config)  # every config error before any weights load
 
+    check_checkpoint(pretrained)  # config checks first, then the weight files: present and whole
     torch_dtype = dtype if dtype is None or dtype == "auto" else resolve_dtype(dtype)
     kwargs: dict[str, Any] = {"attn_implementation": attn_implementation}
     kwargs.update(compat.dtype_kwargs(torch_dtype))  # dtype= or, before transformers 4.56, torch_dtype=

@@ -7,6 +7,7 @@ and mark the cell interrupted. The README's "How it runs and resumes" describes 
 
 from __future__ import annotations
 
+import ctypes
 import datetime as _dt
 import fnmatch
 import os
@@ -27,12 +28,21 @@ from ..models.presets import write_checkpoint
 from ..paths import REPO
 from ..report.render import write_tables
 from ..report.tables import aggregate
-from .cells import bench_command, cell_problems, cell_status, eval_command, spec_hash, write_cell, write_config
+from .cells import (
+    bench_command,
+    cell_problems,
+    cell_status,
+    eval_command,
+    read_cell,
+    spec_hash,
+    write_cell,
+    write_config,
+)
 from .check import check_missing
 from .grid import Cell, EvalCell, Grid
 from .progress import Progress, describe, fmt_seconds
 
-__all__ = ["LOCK_FILE", "prepare_inputs", "run_cell", "run_grid", "write_grid_tables"]
+__all__ = ["LOCK_FILE", "PID_FILE", "prepare_inputs", "run_cell", "run_grid", "stop_orphan", "write_grid_tables"]
 
 
 def _clear(folder: Path) -> None:
@@ -55,6 +65,7 @@ def _count_docs(folder: Path) -> int:
 
 def run_cell(cell: Cell, progress: Progress) -> tuple[bool, float, str]:
     """Run one cell from scratch, in the grid's environment; return (complete, seconds, why not)."""
+    stop_orphan(cell.folder)
     _clear(cell.folder)
     spec = cell.spec()
     if isinstance(cell, EvalCell):
@@ -78,7 +89,9 @@ def run_cell(cell: Cell, progress: Progress) -> tuple[bool, float, str]:
         handle.write("$ " + shlex.join(command) + "\n")
         handle.flush()
         proc = subprocess.Popen(command, cwd=str(REPO), env=dict(cell.grid.environ), stdout=handle,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_parent(os.getpid()))
+        (cell.folder / PID_FILE).write_text(f"{proc.pid}\n")
         last_report = start
         last_docs = -1
         try:
@@ -103,8 +116,12 @@ def run_cell(cell: Cell, progress: Progress) -> tuple[bool, float, str]:
             interrupted = True
             _stop(proc)
     seconds = time.monotonic() - start
-    problems = ["interrupted"] if interrupted else cell_problems(cell)
-    record.update(state="interrupted" if interrupted else ("complete" if not problems else "failed"),
+    (cell.folder / PID_FILE).unlink(missing_ok=True)
+    problems = cell_problems(cell)
+    if interrupted and problems:
+        problems = ["interrupted", *problems]
+    # An interrupt that came after the tool had written everything leaves a complete cell: it says so.
+    record.update(state="complete" if not problems else ("interrupted" if interrupted else "failed"),
                   returncode=proc.returncode, duration_s=round(seconds, 1),
                   finished_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                   problems=problems)
@@ -115,6 +132,80 @@ def run_cell(cell: Cell, progress: Progress) -> tuple[bool, float, str]:
 
 
 LOCK_FILE = ".reproduce.lock"
+#: The running tool's pid, in its cell folder while it runs (a runner killed with SIGKILL leaves it behind).
+PID_FILE = "tool.pid"
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> Any:
+    """A ``preexec_fn``: on Linux the tool gets SIGTERM when the runner dies, even by SIGKILL (prctl
+    PR_SET_PDEATHSIG); elsewhere None (the next run stops an orphan, :func:`stop_orphan`)."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def preexec() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the runner died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def stop_orphan(folder: Path, out: Any = None) -> bool:
+    """Stop a tool left running in ``folder`` by a runner that was killed (its pid in ``tool.pid``, its command
+    naming the folder); True if one was stopped. Its whole process group goes (SIGTERM, then SIGKILL)."""
+    path = folder / PID_FILE
+    try:
+        pid = int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    alive = True
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        alive = False
+    if alive and Path("/proc").is_dir() and str(folder) not in _cmdline(pid):
+        alive = False  # the pid now belongs to another program
+    if alive:
+        if out is not None:
+            print(f"  stopping {pid}, still running in {folder} from a runner that was killed", file=out)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pid, sig)
+            except OSError:
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    break
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline and _cmdline(pid) and _running(pid):
+                time.sleep(0.1)
+            if not _running(pid):
+                break
+    path.unlink(missing_ok=True)
+    return alive
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie (dead, not yet reaped by its parent) is not running
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _lock(runs: Path) -> Path | None:
@@ -276,6 +367,9 @@ def run_grid(
         print(f"error: another `earlytom-eval reproduce` is running on {grid.runs} "
               f"({grid.runs / LOCK_FILE}); wait for it or remove that file if it is stale", file=out)
         return 2
+    for cell in cells:  # tools a killed runner left running would write into the cells we are about to run
+        stop_orphan(cell.folder, out)
+    _settle_states(cells, states)
     progress = Progress(cells, out)
     failed = []
     restore = _interrupt_on_term()
@@ -309,6 +403,18 @@ def run_grid(
               "folders; run again to retry them", file=out)
         return 1
     return 0
+
+
+def _settle_states(cells: Sequence[Cell], states: dict[str, tuple[str, str]]) -> None:
+    """A cell whose files are complete but whose ``cell.json`` says otherwise (an interrupt after its tool had
+    finished) is kept: its record says complete."""
+    for cell in cells:
+        if states[cell.id][0] != "complete":
+            continue
+        record = read_cell(cell.folder)
+        if record is not None and record.get("state") != "complete":
+            record.update(state="complete", problems=[], settled_from=record.get("state"))
+            write_cell(cell.folder, record)
 
 
 def write_grid_tables(grid: Grid, out: Any = sys.stdout) -> Path:
