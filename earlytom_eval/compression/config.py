@@ -341,7 +341,7 @@ def parse_field_value(name: str, text: str, method: str | None = None) -> Any:
         return parse_param(params_class, name, text)
     allowed = CompressionConfig.fields_for(method) if method in METHODS else CompressionConfig.all_field_names()
     if name not in allowed:
-        raise ConfigError(f"unknown config field '{name}' (allowed: {', '.join(allowed)})")
+        raise ConfigError(f"unknown config field {name!r} (allowed: {', '.join(allowed)})")
     if name not in CompressionConfig.field_names():
         owner = next(cls for cls in PARAMS_BY_METHOD.values() if name in cls.field_names())
         return parse_param(owner, name, text)

@@ -217,11 +217,11 @@ def llm_cut_plan(
 def cut_flops(shapes: ModelShapes, count: CutCount) -> dict[str, int]:
     """One cut's own work: the last prompt token's query (q projection) against the ``tokens_before`` cached
     keys of layer ``k - 1`` (``inner_scores``), and for a merging cut the cosine similarity of the visual
-    tokens to the kept ones (``inner_assign``; a drop cut has none)."""
+    tokens that merge to the kept ones (``inner_assign``: only those are scored; a drop cut has none)."""
     q_width = shapes.heads * shapes.head_dim
     parts = {"inner_scores": _linear(1, shapes.hidden, q_width) + 2 * count.tokens_before * q_width}
     if count.cut.mode != "drop":
-        parts["inner_assign"] = 2 * count.visual_in * count.visual_out * shapes.hidden
+        parts["inner_assign"] = 2 * (count.visual_in - count.visual_out) * count.visual_out * shapes.hidden
     return parts
 
 
