@@ -58,7 +58,7 @@ def bench_table(report: dict[str, Any]) -> str:
         ttft = entry["ttft_ms"]
         stages = entry["stages_ms"]
 
-        def stage(name: str) -> str:
+        def stage(name: str, stages: dict[str, Any] = stages) -> str:
             return f"{stages[name]['median']:.0f}" if name in stages else "-"
 
         speedup = full["ttft_ms"]["median"] / ttft["median"] if full else None
