@@ -44,7 +44,7 @@ BAD_MODEL_ARGS = {
     "missing_config": ({"config": "no_such_config.yaml"},
                        "error: config file not found: 'no_such_config.yaml' (allowed: a YAML path or a name"),
     "bad_video_backend": ({"video_backend": "opencv"},
-                          f"error: {MODEL_ID}: invalid video_backend 'opencv' (allowed: auto, decord, pyav)"),
+                          f"error: {MODEL_ID}: invalid video_backend 'opencv' (allowed: auto, decord, pyav, cv2)"),
     "empty_config": ({"config": "{root}/empty.yaml"}, "error: config file '{root}/empty.yaml' is empty (allowed: "),
 }
 #: pretrained folder (made in the fixture) -> the start of the one line.

@@ -230,3 +230,17 @@ def test_batched_encoding_gives_each_video_what_it_gets_alone(tiny1, cfg):
         assert batched.frame_sources == alone.frame_sources
         assert torch.equal(batched.source, alone.source)
         assert torch.allclose(batched.tokens, alone.tokens, atol=1e-5, rtol=1e-4)
+
+
+def test_a_model_loaded_for_one_config_finds_fastvids_head_in_its_checkpoint_when_switched(tmp_path, one_thread):
+    from earlytom_eval import load_model
+    from earlytom_eval.models.presets import write_checkpoint
+
+    folder = write_checkpoint("tiny", tmp_path / "tiny-ov", seed=1)
+    full = load_model(folder, {"method": "full"})
+    assert full.pooling_head is None
+    fastvid = full.with_config(load_config(REPO / "configs" / "fastvid_r0.10.yaml", num_frames=4))
+    assert fastvid.pooling_head is not None
+    clip = synthetic_frames([("motion", 4)], seed=3)
+    out = fastvid.generate([fastvid.build_prompt("Q?")], [[clip]], max_new_tokens=2)[0]
+    assert out.visual_tokens < 4 * POOLED + 1

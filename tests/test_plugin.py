@@ -118,7 +118,7 @@ def _parse(**kwargs):
         ({"tau": 2.0}, "invalid config field 'tau': 2.0 (allowed: a number in [0, 1])"),
         ({"max_frames_num": 8, "num_frames": 16}, "max_frames_num=8 and num_frames=16 disagree"),
         ({"batch_size": "0"}, "invalid batch_size '0' (allowed: an integer >= 1)"),
-        ({"video_backend": "opencv"}, "invalid video_backend 'opencv' (allowed: auto, decord, pyav)"),
+        ({"video_backend": "opencv"}, "invalid video_backend 'opencv' (allowed: auto, decord, pyav, cv2)"),
         ({"attn_implementation": "magic"}, "invalid attn_implementation 'magic'"),
     ],
 )

@@ -71,7 +71,9 @@ class EarlyTomLlavaOnevision:
         config: the compression config (validated against the encoder's depth here).
     """
 
-    def __init__(self, model: Any, processor: Any, config: CompressionConfig, pooling_head: Any = None):
+    def __init__(
+        self, model: Any, processor: Any, config: CompressionConfig, pooling_head: Any = None, pretrained: Any = None
+    ):
         self.model = model
         self.processor = processor
         self.config = config
@@ -80,6 +82,9 @@ class EarlyTomLlavaOnevision:
         self.num_layers_run = _feature_layer_depth(hf_config)
         #: SigLIP's attention-pooling head (FastVID), or None: ``[T, S_v, D_v]`` -> (probe, frame features).
         self.pooling_head = pooling_head
+        #: The checkpoint folder or hub id the weights came from (None: built in memory): where a config that
+        #: reads the pooling head finds it when the model was loaded for another config.
+        self.pretrained = pretrained
         self.video_token_id = hf_config.video_token_id
         vision = hf_config.vision_config
         self.grid = vision.image_size // vision.patch_size
@@ -98,8 +103,12 @@ class EarlyTomLlavaOnevision:
         return self.processor.tokenizer
 
     def with_config(self, config: CompressionConfig) -> EarlyTomLlavaOnevision:
-        """The same weights with another compression config (nothing is reloaded)."""
-        return EarlyTomLlavaOnevision(self.model, self.processor, config, self.pooling_head)
+        """The same weights with another compression config (nothing is reloaded but FastVID's pooling head,
+        loaded from the checkpoint the first time a config needs it)."""
+        head = self.pooling_head
+        if head is None and config.method == "fastvid" and self.pretrained is not None:
+            head = load_pooling_head(config, str(self.pretrained), self.model.config, self.dtype).to(self.device)
+        return EarlyTomLlavaOnevision(self.model, self.processor, config, head, self.pretrained)
 
     # ------------------------------------------------------------------------------ video path
     def preprocess_video(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -502,7 +511,7 @@ def load_model(
     processor = AutoProcessor.from_pretrained(str(pretrained))
     if pooling_head is not None:
         pooling_head = pooling_head.to(model.device)
-    return EarlyTomLlavaOnevision(model, processor, cfg, pooling_head)
+    return EarlyTomLlavaOnevision(model, processor, cfg, pooling_head, pretrained=pretrained)
 
 
 def load_pooling_head(config: CompressionConfig, pretrained: str, hf_config: Any, dtype: Any) -> Any:
