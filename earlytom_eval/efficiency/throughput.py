@@ -37,7 +37,7 @@ class ThroughputOptions:
         batch_sizes: videos per ``generate`` call.
         videos: videos per round (a multiple of every batch size is best: the last batch may be smaller).
         frames: frames per video; new_tokens: tokens generated per video.
-        rounds: timed rounds (one untimed warm-up batch per config and size comes first).
+        rounds: timed rounds (one untimed warm-up video per config comes first).
     """
 
     configs: tuple[CompressionConfig, ...]
@@ -85,11 +85,9 @@ def run_throughput(options: ThroughputOptions, *, command: str = "", log: TextIO
                 tokens.setdefault(model.config.name, []).extend(o.visual_tokens for o in outputs)
         return time.perf_counter() - started
 
-    for model in models:  # warm-up: one batch per size
-        for batch in options.batch_sizes:
-            with _eos_ignored(model):
-                model.generate([prompt] * min(batch, len(clips)), [[c] for c in clips[:batch]], max_new_tokens=2,
-                               profile_stages=False)
+    for model in models:  # warm-up: one video, two tokens
+        with _eos_ignored(model):
+            model.generate([prompt], [[clips[0]]], max_new_tokens=2, profile_stages=False)
     for round_ in range(options.rounds):
         order = [(m, b) for m in models for b in options.batch_sizes]
         if round_ % 2:
@@ -120,7 +118,7 @@ def run_throughput(options: ThroughputOptions, *, command: str = "", log: TextIO
         "model": {"preset": options.preset, "seed": options.seed, "note": "random-initialised weights"},
         "protocol": {"videos": len(clips), "frames": options.frames, "new_tokens": options.new_tokens,
                      "eos": "ignored (every video generates new_tokens)", "rounds": options.rounds,
-                     "statistic": "median over rounds", "warmup": "one batch per config and size"},
+                     "statistic": "median over rounds", "warmup": "one video per config"},
         "rows": rows,
     }
 
