@@ -15,19 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from earlytom_eval.efficiency.schedules import run_length
+from earlytom_eval.efficiency.throughput import format_throughput_table
+
 
 def _tf(value: float | None) -> str:
     return "-" if value is None else f"{value / 1e12:.3f}"
-
-
-def _tokens_per_layer(values: list[int]) -> str:
-    runs: list[list[int]] = []
-    for value in values:
-        if runs and runs[-1][0] == value:
-            runs[-1][1] += 1
-        else:
-            runs.append([value, 1])
-    return " ".join(f"{v}x{n}" for v, n in runs)
 
 
 def flops_table(report: dict[str, Any]) -> str:
@@ -40,7 +33,7 @@ def flops_table(report: dict[str, Any]) -> str:
         share = entry.get("vs_full", {}).get("total_prefill_flops")
         lines.append(
             f"| {entry['name']} | {entry['method']} | {entry['counts']} | {entry['schedule_compact']} | "
-            f"{entry['visual_tokens']} | {_tokens_per_layer(per_layer)} | {_tf(flops['vision_encoder'])} | "
+            f"{entry['visual_tokens']} | {run_length(per_layer)} | {_tf(flops['vision_encoder'])} | "
             f"{_tf(flops['compression'])} | {_tf(flops['projector_pooling'])} | {_tf(flops['llm_prefill'])} | "
             f"{_tf(entry['total_prefill_flops'])} | {'-' if share is None else f'{share:.1%}'} | "
             f"{flops['decode_step'] / 1e9:.2f} |"
@@ -65,7 +58,7 @@ def bench_table(report: dict[str, Any]) -> str:
         share = entry.get("vs_full", {}).get("total_prefill_flops")
         lines.append(
             f"| {entry['name']} | {entry['visual_tokens']} | {entry['schedule_compact']} | "
-            f"{_tokens_per_layer(entry['llm_tokens_per_layer'])} | {ttft['median']:.0f} "
+            f"{run_length(entry['llm_tokens_per_layer'])} | {ttft['median']:.0f} "
             f"[{ttft['min']:.0f}-{ttft['max']:.0f}] | {'-' if speedup is None else f'{speedup:.2f}x'} | "
             f"{stage('vision_encoder')} | {stage('compression')} | {stage('llm_prefill')} | {stage('inner_merge')} | "
             f"{entry['compression_share_of_ttft']:.2%} | {entry['peak_memory_bytes'] / 2**30:.2f} | "
@@ -74,20 +67,10 @@ def bench_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def throughput_table(report: dict[str, Any]) -> str:
-    lines = ["| config | batch | videos/s | vs batch 1 | visual tokens/video |", "|---|---:|---:|---:|---:|"]
-    for row in report["rows"]:
-        lines.append(
-            f"| {row['config']} | {row['batch_size']} | {row['videos_per_s']:.3f} | "
-            f"{row['speedup_vs_first_batch_size']:.2f}x | {row['visual_tokens_per_video']:.0f} |"
-        )
-    return "\n".join(lines)
-
-
 RENDERERS = {
     "earlytom-eval flops": flops_table,
     "earlytom-eval bench": bench_table,
-    "earlytom-eval throughput": throughput_table,
+    "earlytom-eval throughput": format_throughput_table,
 }
 
 

@@ -13,7 +13,7 @@ from ..models.presets import build_processor
 from .flops import STAGES, ModelShapes, reference_llm_macs, visual_token_count
 from .host import environment_info
 from .method_flops import count_stage_flops
-from .schedules import FrameSchedule
+from .schedules import FrameSchedule, run_length
 from .schema import BASIS
 
 __all__ = [
@@ -116,7 +116,7 @@ def format_flops_table(entries: Sequence[dict[str, Any]], header: Sequence[str] 
             e.get("schedule_compact", "") + (f" tok {e['encoder_tokens_compact']}" if e.get("encoder_tokens_compact")
                                              else ""),
             str(e["visual_tokens"]),
-            _runs(e["flops_detail"]["llm_tokens_per_layer"]),
+            run_length(e["flops_detail"]["llm_tokens_per_layer"]),
             _tera(f["vision_encoder"]),
             _tera(f["compression"]),
             _tera(f["projector_pooling"]),
@@ -130,17 +130,6 @@ def format_flops_table(entries: Sequence[dict[str, Any]], header: Sequence[str] 
                  "measured on a clip, or bound = the method's upper bound where its work depends on the data)")
     lines.extend(text_table(cols, rows, left=(0, 1)))
     return "\n".join(lines)
-
-
-def _runs(values: Sequence[int]) -> str:
-    """Run-length form of per-layer counts, e.g. ``6313x2 648x26``."""
-    runs: list[list[int]] = []
-    for value in values:
-        if runs and runs[-1][0] == value:
-            runs[-1][1] += 1
-        else:
-            runs.append([value, 1])
-    return " ".join(f"{v}x{n}" for v, n in runs)
 
 
 def text_table(cols: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[int] = (0,)) -> list[str]:

@@ -20,10 +20,22 @@ __all__ = [
     "max_merge_schedule",
     "no_merge_schedule",
     "parse_frames_per_layer",
+    "run_length",
     "planned_schedule",
     "schedule_from_encoding",
     "schedules_for",
 ]
+
+
+def run_length(values: Sequence[int]) -> str:
+    """Run-length form of per-layer counts, e.g. ``32x11 20x11 12x2 8x2``."""
+    runs: list[list[int]] = []
+    for value in values:
+        if runs and runs[-1][0] == value:
+            runs[-1][1] += 1
+        else:
+            runs.append([value, 1])
+    return " ".join(f"{v}x{n}" for v, n in runs)
 
 
 @dataclass(frozen=True)
@@ -49,13 +61,7 @@ class FrameSchedule:
 
     def compact(self) -> str:
         """Run-length form, e.g. ``32x11 20x11 12x2 8x2``."""
-        runs: list[list[int]] = []
-        for value in self.frames_per_layer:
-            if runs and runs[-1][0] == value:
-                runs[-1][1] += 1
-            else:
-                runs.append([value, 1])
-        return " ".join(f"{v}x{n}" for v, n in runs)
+        return run_length(self.frames_per_layer)
 
     def tokens_compact(self) -> str:
         """Tokens per frame per layer in run-length form (empty when every layer sees all patches)."""
